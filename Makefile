@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export TOREMI_SOURCES ?= $(CURDIR)/.cache/sources
+
+.PHONY: setup sources chromium demo test bench quality noise corpus-full clean
+
+setup:
+	bash scripts/setup.sh
+
+sources: setup
+	bash scripts/fetch_sources.sh "$(TOREMI_SOURCES)"
+
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+demo: setup sources
+	$(VENV)/bin/toremi demo
+
+test: setup sources chromium
+	$(PY) -m pytest -x --timeout=900 tests
+
+bench: setup sources
+	$(PY) bench/prepare.py
+	$(PY) bench/train_step.py
+	$(PY) bench/annotate.py
+
+corpus-full: setup sources
+	$(VENV)/bin/toremi corpus build --out out/corpus-full
+
+quality: setup sources
+	$(VENV)/bin/toremi experiment --config configs/quality.yaml
+
+noise: setup sources
+	$(VENV)/bin/toremi experiment --config configs/noise.yaml
+
+clean:
+	rm -rf out runs

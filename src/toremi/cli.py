@@ -1,0 +1,74 @@
+"""The ``toremi`` command: one subcommand per pipeline stage.
+
+Each stage lives in its own module exposing ``main(argv) -> int``; this file only dispatches, so a
+stage's options are documented where the stage is implemented (``toremi <stage> --help``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+STAGES = {
+    "corpus": ("toremi.corpus.cli", "build the multi-domain corpus or ingest your own"),
+    "annotate": ("toremi.annotate.cli", "embed, cluster, extract keywords and label topics"),
+    "prepare": ("toremi.prepare", "tokenize documents into memory-mapped token shards"),
+    "train": ("toremi.train.cli", "pre-train a GPT-2 with a data-mixing method"),
+    "eval": ("toremi.evaluate.cli", "per-domain perplexity and downstream accuracy"),
+    "experiment": ("toremi.experiment", "grid of methods x seeds, evaluated and tabulated"),
+    "noise": ("toremi.noise", "corrupt one topic of the training data (noise experiment)"),
+    "report": ("toremi.report", "HTML report and PNG plots from runs and evaluations"),
+    "demo": ("toremi.demo", "the whole pipeline on a small slice of the shipped corpus"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: toremi <stage> [options] [key.sub=value ...]", "", "stages:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in STAGES.items()]
+    lines += ["", "Run `toremi <stage> --help` for a stage's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from toremi import __version__
+
+        print(__version__)
+        return 0
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"toremi: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = STAGES[stage][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("toremi"):
+            print(f"toremi {stage}: not yet available in this version ({module_name} missing)",
+                  file=sys.stderr)
+            return 2
+        raise
+    from toremi.config import ConfigError
+
+    try:
+        return int(module.main(rest) or 0)
+    except ConfigError as exc:
+        print(f"toremi {stage}: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"toremi {stage}: interrupted; completed shards are kept, rerun to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
