@@ -1,0 +1,146 @@
+"""Deterministic, resumable batches over a ``TokenDataset``.
+
+Every rank computes the same *global* batch of sequence indices from the same state and takes its
+slice, so ranks never disagree and the state is tiny: ``(epoch, position, generator state,
+topic probabilities)``. Saving and restoring it reproduces an uninterrupted run batch for batch.
+
+Two modes:
+- ``shuffle`` (the natural distribution): a seeded permutation per epoch, walked in order.
+- ``topic``: after ``set_topic_probs(p)``, a topic is drawn from ``p`` for every slot and then a
+  sequence uniformly among that topic's sequences (unlabelled sequences keep their natural share).
+  Sampling-based methods (stratified, ODM, ToReMi-as-sampling) drive this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from toremi.data.shards import TokenDataset
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor   # [B, T] long
+    labels: torch.Tensor      # [B, T] long, -100 where there is no target
+    topic_ids: torch.Tensor   # [B, M] long, -1 padding
+    domain_ids: torch.Tensor  # [B] long
+    sample_index: torch.Tensor  # [B] long, row in the dataset index
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                        for f in fields(self)})
+
+    @property
+    def num_target_tokens(self) -> torch.Tensor:
+        return (self.labels != -100).sum()
+
+
+class BatchLoader:
+    def __init__(self, dataset: TokenDataset, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset.dir}: split {dataset.split!r} has no sequences")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.ds = dataset
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.topic_probs: torch.Tensor | None = None
+        self._perm: np.ndarray | None = None
+        self._build_topic_buckets()
+
+    # -- topic buckets: CSR of topic -> sequence rows, last bucket = unlabelled -----------------
+    def _build_topic_buckets(self) -> None:
+        topics = self.ds.topics
+        num_topics = self.ds.num_topics
+        rows, cols = np.nonzero(topics >= 0)
+        bucket = topics[rows, cols].astype(np.int64)
+        unlabelled = np.nonzero((topics < 0).all(axis=1))[0]
+        bucket = np.concatenate([bucket, np.full(len(unlabelled), num_topics)])
+        members = np.concatenate([rows, unlabelled])
+        order = np.argsort(bucket, kind="stable")
+        self._bucket_members = torch.from_numpy(members[order].astype(np.int64))
+        counts = np.bincount(bucket, minlength=num_topics + 1)
+        self._bucket_counts = torch.from_numpy(counts.astype(np.int64))
+        self._bucket_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        self._unlabelled_share = len(unlabelled) / len(self.ds)
+
+    def set_topic_probs(self, probs: torch.Tensor | None) -> None:
+        """Sample topics by ``probs`` from the next batch on (``None``: back to shuffling)."""
+        if probs is None:
+            self.topic_probs = None
+            return
+        probs = torch.as_tensor(probs, dtype=torch.float64).detach().cpu()
+        if probs.shape != (self.ds.num_topics,):
+            raise ValueError(f"topic probabilities have shape {tuple(probs.shape)}, "
+                             f"the data has {self.ds.num_topics} topics")
+        if not torch.isfinite(probs).all() or (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError("topic probabilities must be finite, non-negative and not all zero")
+        self.topic_probs = probs / probs.sum()
+
+    # -- index generation -----------------------------------------------------------------------
+    def _permutation(self, epoch: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.ds), generator=g).numpy()
+
+    def _shuffled_indices(self, n: int) -> np.ndarray:
+        out = []
+        while n > 0:
+            if self._perm is None:
+                self._perm = self._permutation(self.epoch)
+            take = self._perm[self.position:self.position + n]
+            out.append(take)
+            n -= len(take)
+            self.position += len(take)
+            if self.position >= len(self._perm):
+                self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        return np.concatenate(out)
+
+    def _topic_indices(self, n: int) -> np.ndarray:
+        share = self._unlabelled_share
+        probs = torch.cat([self.topic_probs * (1 - share), torch.tensor([share], dtype=torch.float64)])
+        probs = probs * (self._bucket_counts > 0)
+        buckets = torch.multinomial(probs, n, replacement=True, generator=self.generator)
+        within = (torch.rand(n, generator=self.generator, dtype=torch.float64)
+                  * self._bucket_counts[buckets]).long()
+        return self._bucket_members[self._bucket_starts[buckets] + within].numpy()
+
+    def next_global_indices(self) -> np.ndarray:
+        if self.topic_probs is None:
+            return self._shuffled_indices(self.global_batch)
+        return self._topic_indices(self.global_batch)
+
+    def next_batch(self) -> Batch:
+        indices = self.next_global_indices()
+        mine = indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return Batch(**self.ds.gather(mine))
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "generator": self.generator.get_state(),
+                "topic_probs": None if self.topic_probs is None else self.topic_probs.clone(),
+                "global_batch": self.global_batch, "data_hash": self.ds.data_hash}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["data_hash"] != self.ds.data_hash:
+            raise ValueError("loader state was saved on different data (data hash differs)")
+        if state["global_batch"] != self.global_batch:
+            raise ValueError(f"loader state has global batch {state['global_batch']}, this run "
+                             f"{self.global_batch}; resume with the same batch size x world size")
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
+        self.generator.set_state(state["generator"])
+        self.topic_probs = state["topic_probs"]
+        self._perm = None

@@ -1,0 +1,282 @@
+"""``toremi prepare``: documents (+ topic attributes) -> memory-mapped token shards and an index.
+
+One token shard per document shard, each with a completion marker, so an interrupted run resumes
+at the first unfinished shard. Documents are cut into windows of at most ``seq_len + 1`` tokens
+(inputs ``[:-1]``, targets ``[1:]``); a window never spans two documents. The held-out documents
+(``corpus/eval``) become the ``val`` split, capped per domain, for validation loss during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from toremi import __version__
+from toremi.config import load_config, save_config, to_dict
+from toremi.data.shards import token_dtype, write_shard
+from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
+                       sha256_json)
+from toremi.tokenizer import Tokenizer, from_file, load_tokenizer
+
+
+@dataclass
+class PrepareConfig:
+    corpus: Path = Path("out/corpus")
+    out: Path = Path("out/tokens")
+    tokenizer: str = "gpt2"            # gpt2 | bpe:<vocab> (trained on the train split) | path
+    seq_len: int = 1024
+    annotations: Path | None = None    # default: <corpus>/annotations
+    topics_from: Literal["annotations", "domain", "label", "none"] = "annotations"
+    max_topics: int = 3
+    batch_docs: int = 512
+    val_sequences_per_domain: int = 256
+    bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
+
+    def __post_init__(self):
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
+        if self.max_topics < 1:
+            raise ValueError(f"max_topics must be >= 1, got {self.max_topics}")
+
+
+def document_shards(corpus: Path, split: str) -> list[Path]:
+    folder = corpus / ("documents" if split == "train" else "eval")
+    shards = sorted(folder.glob("*/*.parquet"))
+    if split == "train" and not shards:
+        raise FileNotFoundError(f"{folder}: no document shards; run `toremi corpus build` first")
+    return shards
+
+
+def cut_windows(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per document of ``lengths`` tokens (EOT included): window doc, offset-in-doc, length.
+
+    Windows start every ``seq_len`` tokens and hold up to ``seq_len + 1`` tokens, so consecutive
+    windows share one token and every token after the first is a target exactly once.
+    """
+    n_windows = np.maximum(1, -(-(lengths - 1) // seq_len))
+    n_windows[lengths < 2] = 0
+    doc = np.repeat(np.arange(len(lengths)), n_windows)
+    first = np.cumsum(n_windows) - n_windows
+    j = np.arange(len(doc)) - np.repeat(first, n_windows)
+    start = j * seq_len
+    length = np.minimum(seq_len + 1, lengths[doc] - start)
+    return doc, start, length
+
+
+class TopicLookup:
+    """Topic ids per document from annotation attributes, domains, or ground-truth labels."""
+
+    def __init__(self, cfg: PrepareConfig, domains: list[str]):
+        self.cfg = cfg
+        self.names: list[str] = []
+        self.attr_dir: Path | None = None
+        self.warning = ""
+        if cfg.topics_from == "annotations":
+            ann = cfg.annotations or cfg.corpus / "annotations"
+            topics_json = ann / "topics.json"
+            if topics_json.exists():
+                self.names = read_json(topics_json)["topic_names"]
+                self.attr_dir = ann / "attributes" / "topics"
+            else:
+                self.warning = (f"no topic annotations at {ann} (run `toremi annotate`); every "
+                                f"sequence is unlabelled and trains at weight 1")
+        elif cfg.topics_from == "domain":
+            self.names = list(domains)
+        self._labels: dict[str, int] = {}
+
+    def for_shard(self, split_dir: str, shard: Path, table) -> np.ndarray:
+        out = np.full((table.num_rows, self.cfg.max_topics), -1, dtype=np.int32)
+        if self.cfg.topics_from == "domain":
+            out[:, 0] = [self.names.index(d) for d in table.column("domain").to_pylist()]
+        elif self.cfg.topics_from == "label":
+            for i, label in enumerate(table.column("label").to_pylist()):
+                if label is not None:
+                    if label not in self._labels:
+                        self._labels[label] = len(self._labels)
+                        self.names.append(label)
+                    out[i, 0] = self._labels[label]
+        elif self.attr_dir is not None and split_dir == "documents":
+            attr_path = self.attr_dir / shard.parent.name / shard.name
+            if not attr_path.exists():
+                raise FileNotFoundError(f"{attr_path}: topic attributes missing for {shard}; "
+                                        f"re-run `toremi annotate` on this corpus")
+            attrs = pq.read_table(attr_path, columns=["id", "topic_ids"]).to_pydict()
+            by_id = dict(zip(attrs["id"], attrs["topic_ids"]))
+            for i, doc_id in enumerate(table.column("id").to_pylist()):
+                ids = (by_id.get(doc_id) or [])[: self.cfg.max_topics]
+                out[i, : len(ids)] = ids
+        return out
+
+
+def _prepare_shard(shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConfig,
+                   topics: TopicLookup, domain_ids: dict[str, int], out_bin: Path) -> dict:
+    table = pq.read_table(shard, columns=["id", "text", "domain", "label"])
+    texts = table.column("text").to_pylist()
+    doc_topics = topics.for_shard(split_dir, shard, table)
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), cfg.batch_docs):
+        ids.extend(tok.encode_batch(texts[start:start + cfg.batch_docs]))
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    eot = [tok.eot_id]
+    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, eot) for x in ids),
+                       dtype=token_dtype(tok.vocab_size), count=int(lengths.sum()))
+    write_shard(out_bin, flat)
+    doc, start, length = cut_windows(lengths, cfg.seq_len)
+    doc_offset = np.cumsum(lengths) - lengths
+    domain = np.array([domain_ids[d] for d in table.column("domain").to_pylist()], dtype=np.int16)
+    index = {"offset": doc_offset[doc] + start, "length": length.astype(np.int32),
+             "doc_row": doc, "domain": domain[doc], "topics": doc_topics[doc]}
+    with atomic_path(out_bin.with_suffix(".idx.npz")) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **index)
+    return {"documents": len(texts), "tokens": int(lengths.sum()), "sequences": len(doc),
+            "doc_ids": table.column("id").to_pylist(),
+            "bytes": int(sum(len(t.encode("utf-8")) for t in texts))}
+
+
+def _resolve_tokenizer(cfg: PrepareConfig) -> Tokenizer:
+    saved = cfg.out / "tokenizer.json"
+    spec_file = cfg.out / "tokenizer.spec"
+    if saved.exists() and spec_file.exists() and spec_file.read_text() == cfg.tokenizer:
+        tok = from_file(saved, name=cfg.tokenizer.replace(":", ""))
+        return tok
+    texts = None
+    if cfg.tokenizer.startswith("bpe:"):
+        texts = list(_sample_texts(document_shards(cfg.corpus, "train"), cfg.bpe_train_mb))
+    tok = load_tokenizer(cfg.tokenizer, texts)
+    tok.save(saved)
+    spec_file.write_text(cfg.tokenizer)
+    return tok
+
+
+def _sample_texts(shards: list[Path], mb: float):
+    """Up to ``mb`` MB spread evenly over shards (every domain contributes)."""
+    budget = mb * 1e6 / max(1, len(shards))
+    for shard in shards:
+        used = 0
+        for text in pq.read_table(shard, columns=["text"]).column("text").to_pylist():
+            yield text
+            used += len(text)
+            if used >= budget:
+                break
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    t0 = time.time()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.out / "prepare.yaml")
+    tok = _resolve_tokenizer(cfg)
+    train_shards = document_shards(cfg.corpus, "train")
+    eval_shards = document_shards(cfg.corpus, "eval")
+    domains = sorted({p.parent.name for p in train_shards + eval_shards})
+    domain_ids = {d: i for i, d in enumerate(domains)}
+    topics = TopicLookup(cfg, domains)
+    if topics.warning:
+        print(f"toremi prepare: warning: {topics.warning}", file=sys.stderr)
+    if cfg.topics_from == "label":  # label vocabulary must be fixed before shards are cut
+        for shard in train_shards:
+            topics.for_shard("documents", shard, pq.read_table(shard, columns=["label", "domain"]))
+    jobs = [("train", "documents", s) for s in train_shards] + [("val", "eval", s) for s in eval_shards]
+    stats: list[dict] = []
+    bar = tqdm(jobs, desc="prepare", unit="shard", disable=None)
+    for k, (split, split_dir, shard) in enumerate(bar):
+        out_bin = cfg.out / "shards" / f"{split}-{k:05d}.bin"
+        meta_path = out_bin.with_suffix(".meta.json")
+        source = str(shard.relative_to(cfg.corpus))
+        if is_done(out_bin) and meta_path.exists() and read_json(meta_path)["source"] == source:
+            info = read_json(meta_path)
+        else:
+            info = _prepare_shard(shard, split_dir, tok, cfg, topics, domain_ids, out_bin)
+            info.update(split=split, source=source,
+                        domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)))
+            atomic_write_json(meta_path, info)
+            mark_done(out_bin, {"tokens": info["tokens"]})
+        stats.append(info)
+        bar.set_postfix(tokens=sum(s["tokens"] for s in stats))
+    return _finalize(cfg, tok, stats, domains, topics, time.time() - t0)
+
+
+def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
+    """Merge per-shard indexes into one per split, assign global doc ids, write the manifest."""
+    doc_ids: list[str] = []
+    parts: dict[str, list[dict]] = {"train": [], "val": []}
+    rng = np.random.default_rng(0)
+    for shard_no, info in enumerate(stats):
+        with np.load(cfg.out / Path(info["path"]).with_suffix(".idx.npz")) as z:
+            part = {k: z[k] for k in z.files}
+        part["shard"] = np.full(len(part["offset"]), shard_no, dtype=np.int32)
+        part["doc"] = part.pop("doc_row") + len(doc_ids)
+        doc_ids.extend(info["doc_ids"])
+        parts[info["split"]].append(part)
+    for split, items in parts.items():
+        merged = {k: np.concatenate([p[k] for p in items]) if items else np.zeros(
+            (0, cfg.max_topics) if k == "topics" else 0, dtype=np.int32)
+            for k in ("shard", "offset", "length", "doc", "domain", "topics")}
+        if split == "val" and len(merged["offset"]):  # cap per domain, spread over documents
+            keep = np.concatenate([
+                rng.permutation(np.nonzero(merged["domain"] == d)[0])[: cfg.val_sequences_per_domain]
+                for d in np.unique(merged["domain"])])
+            merged = {k: v[np.sort(keep)] for k, v in merged.items()}
+        with atomic_path(cfg.out / f"index-{split}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **merged)
+    import pyarrow as pa
+
+    with atomic_path(cfg.out / "documents.parquet") as tmp:
+        pq.write_table(pa.table({"id": doc_ids}), tmp)
+    shards = [{"path": s["path"], "sha256": sha256_file(cfg.out / s["path"]), "split": s["split"],
+               "domain": s["domain"], "tokens": s["tokens"], "documents": s["documents"],
+               "sequences": s["sequences"], "bytes": s["bytes"]} for s in stats]
+    per_domain: dict[str, dict] = {}
+    for s in stats:
+        d = per_domain.setdefault(s["domain"], {"train": dict(documents=0, tokens=0, bytes=0),
+                                                "val": dict(documents=0, tokens=0, bytes=0)})
+        for key in ("documents", "tokens", "bytes"):
+            d[s["split"]][key] += s[key]
+    index_hashes = {split: sha256_file(cfg.out / f"index-{split}.npz") for split in parts}
+    data_hash = sha256_json([[s["sha256"] for s in shards], index_hashes, topics.names,
+                             tok.fingerprint, cfg.seq_len])
+    manifest = {
+        "format": "toremi.tokens/1", "toremi_version": __version__,
+        "tokenizer": tok.info(), "seq_len": cfg.seq_len, "topic_names": topics.names,
+        "topics_from": cfg.topics_from, "domain_names": domains, "shards": shards,
+        "index_sha256": index_hashes, "per_domain": per_domain,
+        "sequences": {split: int(sum(len(p["offset"]) for p in items)) for split, items in parts.items()},
+        "tokens": {split: int(sum(s["tokens"] for s in stats if s["split"] == split)) for split in parts},
+        "data_hash": data_hash, "config": to_dict(cfg), "seconds": round(seconds, 2),
+    }
+    atomic_write_json(cfg.out / "manifest.json", manifest)
+    return cfg.out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="toremi prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with PrepareConfig fields")
+    parser.add_argument("--corpus", help="corpus dir (from `toremi corpus build`)")
+    parser.add_argument("--out", help="output tokens dir")
+    parser.add_argument("--tokenizer", help="gpt2 | bpe:<vocab> | path to tokenizer.json")
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    for key in ("corpus", "out", "tokenizer", "seq_len"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    cfg = load_config(PrepareConfig, args.config, overrides)
+    out = prepare(cfg)
+    m = read_json(out / "manifest.json")
+    print(json.dumps({"out": str(out), "tokenizer": m["tokenizer"], "sequences": m["sequences"],
+                      "tokens": m["tokens"], "topics": len(m["topic_names"]),
+                      "seconds": m["seconds"]}, indent=2))
+    return 0

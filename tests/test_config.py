@@ -1,0 +1,40 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from toremi.config import ConfigError, load_config, save_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    compile: bool = False
+    path: Path | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_then_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("steps: 20\ninner:\n  lr: 0.01\n")
+    cfg = load_config(Outer, tmp_path / "c.yaml", ["inner.lr=3e-4", "compile=true", "path=/tmp/a",
+                                                   "inner.betas=[0.8,0.9]"])
+    assert cfg.steps == 20 and cfg.inner.lr == 3e-4 and cfg.compile is True
+    assert cfg.path == Path("/tmp/a") and cfg.inner.betas == [0.8, 0.9]
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(Outer, tmp_path / "saved.yaml") == cfg
+
+
+def test_errors_name_the_key():
+    with pytest.raises(ConfigError, match="inner.lrr"):
+        load_config(Outer, None, ["inner.lrr=1"])
+    with pytest.raises(ConfigError, match="steps: expected int"):
+        load_config(Outer, None, ["steps=ten"])
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(Outer, None, ["steps"])
