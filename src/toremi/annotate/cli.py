@@ -1,0 +1,48 @@
+"""``toremi annotate [embed|cluster|keywords|label|all] --corpus DIR [--out DIR] [k=v ...]``
+
+Steps can run one by one or all together; each resumes where it stopped. Overrides are
+``section.key=value`` over :class:`toremi.annotate.pipeline.AnnotateConfig`, for example
+``cluster.k=20 cluster.seed=1 embed.backend=sentence-transformers label.labeller=llm
+label.llm.base_url=http://127.0.0.1:8000/v1 label.llm.model=llama3 engine=ray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ap = argparse.ArgumentParser(prog="toremi annotate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", nargs="?", default="all", choices=["embed", "cluster", "keywords", "label", "all"])
+    ap.add_argument("--corpus", required=True, help="corpus_dir with documents/<domain>/shard-*.parquet")
+    ap.add_argument("--out", default=None, help="annotation dir (default <corpus>/annotations)")
+    ap.add_argument("--config", default=None, help="YAML file with AnnotateConfig fields")
+    ap.add_argument("--engine", choices=["local", "ray"], default=None)
+    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = ap.parse_args(argv)
+
+    from toremi.annotate.pipeline import STEPS, AnnotateConfig, Annotator, summary_table
+    from toremi.config import load_config
+
+    overrides = list(args.overrides) + ([f"engine={args.engine}"] if args.engine else [])
+    cfg = load_config(AnnotateConfig, args.config, overrides)
+    try:
+        ann = Annotator(args.corpus, args.out, cfg)
+    except FileNotFoundError as exc:
+        print(f"toremi annotate: {exc}")
+        return 2
+    steps = STEPS if args.step == "all" else (args.step,)
+    for step in steps:
+        try:
+            info = getattr(ann, step)()
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"toremi annotate {step}: {exc}")
+            return 2
+        print(f"[{step}] " + json.dumps(info))
+    if "label" in steps:
+        print(summary_table(ann.out))
+    return 0

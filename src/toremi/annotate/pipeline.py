@@ -1,0 +1,305 @@
+"""The annotation stage: embed -> cluster -> keywords -> label, from a corpus_dir to an
+annotation dir (layout in docs/ARCHITECTURE.md).
+
+Embedding, assignment, keyword counting and attribute writing are per-shard maps over plain
+picklable items, run by an engine: in-process (default) or Ray Data (``engine=ray``). Only the
+k-means fit (on a sample) and the small reductions run in the driver. Every shard output carries a
+done marker with its row count, sha256 and the fingerprint of its inputs, so a rerun skips what is
+complete, recomputes what is corrupt or stale, and a changed upstream step invalidates the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from toremi.annotate.cluster import ClusterConfig, assign, cluster_stats, default_k, fit_kmeans, sample_rows
+from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_shard, make_embedder, save_npy, shard_valid
+from toremi.annotate.keywords import KeywordsConfig, count_shard, ctfidf_top, load_stop_words, merge_counts
+from toremi.annotate.label import SimilarityConfig, SimilarityLabeller, TopicSet
+from toremi.annotate.llm import LLMConfig, LLMLabeller
+from toremi.config import from_dict, to_dict
+from toremi.io import atomic_path, atomic_write_json, mark_done, read_json, sha256_file, sha256_json
+
+STEPS = ("embed", "cluster", "keywords", "label")
+
+
+@dataclasses.dataclass
+class LabelConfig:
+    labeller: Literal["similarity", "llm"] = "similarity"
+    topics: str = ""                 # topic file ("" = the 41 Wikipedia categories)
+    similarity: SimilarityConfig = dataclasses.field(default_factory=SimilarityConfig)
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+
+
+@dataclasses.dataclass
+class AnnotateConfig:
+    embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    keywords: KeywordsConfig = dataclasses.field(default_factory=KeywordsConfig)
+    label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
+    engine: Literal["local", "ray"] = "local"
+    ray_num_cpus: int = 2
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- per-shard maps (picklable)
+_EMBEDDERS: dict = {}
+
+
+def get_embedder(cfg: EmbedConfig):
+    """One embedder per process and config (Ray reuses worker processes, so it loads once)."""
+    key = embed_fingerprint(cfg)
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = make_embedder(cfg)
+    return _EMBEDDERS[key]
+
+
+def read_texts(path: str) -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["id", "text"])
+    return [str(x) for x in t.column("id").to_pylist()], [x or "" for x in t.column("text").to_pylist()]
+
+
+def embed_map(item: dict) -> dict:
+    cfg = from_dict(EmbedConfig, item["cfg"])
+    _, texts = read_texts(item["doc"])
+    return embed_shard(get_embedder(cfg), cfg, texts, Path(item["out"]))
+
+
+def assign_map(item: dict) -> dict:
+    out, emb = Path(item["out"]), np.load(item["emb"], mmap_mode="r")
+    expect = {"centroids": item["centroids_sha"], "embeddings": item["emb_sha"]}
+    if not shard_valid(out, len(emb), expect):
+        labels, _ = assign(emb, np.load(item["centroids"]), item["chunk_rows"], item["spherical"])
+        save_npy(out, labels, expect)
+    return {"out": str(out), "sizes": np.bincount(np.load(out) + 1, minlength=item["k"] + 1).tolist()}
+
+
+def count_map(item: dict) -> dict:
+    cfg = from_dict(KeywordsConfig, item["cfg"])
+    _, texts = read_texts(item["doc"])
+    return count_shard(texts, np.load(item["labels"]), item["k"], cfg, load_stop_words(cfg.stop_words))
+
+
+def attributes_map(item: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(item["out"])
+    ids, _ = read_texts(item["doc"])
+    if shard_valid(out, len(ids), {"topics": item["topics_sha"]}):
+        return {"out": str(out), "skipped": True}
+    labels = np.load(item["labels"])
+    table = item["cluster_topics"]
+    topic_ids = [table[c] if c >= 0 else [] for c in labels.tolist()]
+    tbl = pa.table({"id": pa.array(ids, pa.string()), "cluster": pa.array(labels, pa.int32()),
+                    "topic_ids": pa.array(topic_ids, pa.list_(pa.int32()))})
+    with atomic_path(out) as tmp:
+        pq.write_table(tbl, tmp)
+    mark_done(out, {"rows": len(ids), "topics": item["topics_sha"]})
+    return {"out": str(out), "skipped": False}
+
+
+# ---------------------------------------------------------------- engines
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, progress: bool = True):
+        self.progress = progress
+
+    def map(self, fn, items: list[dict], desc: str) -> list:
+        from tqdm.auto import tqdm
+
+        return [fn(it) for it in tqdm(items, desc=desc, unit="shard", disable=not self.progress)]
+
+
+def make_engine(cfg: AnnotateConfig):
+    if cfg.engine == "ray":
+        from toremi.annotate.ray_engine import RayEngine
+
+        return RayEngine(num_cpus=cfg.ray_num_cpus)
+    return LocalEngine(cfg.progress)
+
+
+# ---------------------------------------------------------------- the stage
+class Annotator:
+    def __init__(self, corpus_dir: str | Path, out_dir: str | Path | None = None,
+                 cfg: AnnotateConfig | None = None, split: str = "documents"):
+        self.corpus = Path(corpus_dir)
+        self.out = Path(out_dir) if out_dir else self.corpus / "annotations"
+        self.cfg = cfg or AnnotateConfig()
+        self.shards = sorted(self.corpus.glob(f"{split}/*/shard-*.parquet"))
+        if not self.shards:
+            raise FileNotFoundError(f"no document shards under {self.corpus}/{split}/<domain>/"
+                                    "shard-*.parquet; build the corpus first (toremi corpus build)")
+        self.engine = make_engine(self.cfg)
+
+    def _p(self, kind: str, shard: Path, ext: str) -> Path:
+        return self.out / kind / shard.parent.name / (shard.stem + ext)
+
+    def _log(self, step: str, info: dict) -> None:
+        path = self.out / "manifest.json"
+        man = read_json(path) if path.exists() else {"format": "toremi.annotations/1",
+                                                      "corpus": str(self.corpus), "steps": {}}
+        man["config"] = to_dict(self.cfg)
+        man["versions"] = _versions()
+        man["steps"][step] = info
+        atomic_write_json(path, man)
+
+    def embed(self) -> dict:
+        t0 = time.perf_counter()
+        items = [{"doc": str(s), "out": str(self._p("embeddings", s, ".npy")),
+                  "cfg": to_dict(self.cfg.embed)} for s in self.shards]
+        res = self.engine.map(embed_map, items, "embed")
+        info = {"shards": len(res), "rows": sum(r["rows"] for r in res),
+                "recomputed": sum(not r["skipped"] for r in res),
+                "empty_docs": sum(r.get("empty", 0) for r in res), "seconds": round(time.perf_counter() - t0, 2)}
+        self._log("embed", info)
+        return info
+
+    def _emb_paths(self) -> list[Path]:
+        paths = [self._p("embeddings", s, ".npy") for s in self.shards]
+        missing = [str(p) for p in paths if not Path(str(p) + ".done").exists()]
+        if missing:
+            raise FileNotFoundError(f"embeddings missing for {missing[:3]}...; run `toremi annotate embed` first")
+        return paths
+
+    def cluster(self) -> dict:
+        t0, cfg = time.perf_counter(), self.cfg.cluster
+        emb_paths = self._emb_paths()
+        emb_shas = [read_json(Path(str(p) + ".done"))["sha256"] for p in emb_paths]
+        cpath = self.out / "clusters" / "centroids.npy"
+        fit_key = {"fit": sha256_json([to_dict(cfg), emb_shas])[:16]}
+        fit_info = {}
+        if not (cpath.exists() and shard_valid(cpath, len(np.load(cpath)), fit_key)):
+            arrays = [np.load(p, mmap_mode="r") for p in emb_paths]
+            sample = sample_rows(arrays, cfg.sample_size, cfg.seed)
+            n_nonempty = sum(int(np.any(a != 0, axis=1).sum()) for a in arrays)
+            k = cfg.k or default_k(n_nonempty)
+            centroids, fit_info = fit_kmeans(sample, k, cfg)
+            save_npy(cpath, centroids, fit_key)
+        centroids_sha = sha256_file(cpath)
+        k = len(np.load(cpath))
+        items = [{"emb": str(e), "emb_sha": sh, "out": str(self._p("clusters", s, ".npy")),
+                  "centroids": str(cpath), "centroids_sha": centroids_sha, "k": k,
+                  "chunk_rows": cfg.chunk_rows, "spherical": cfg.spherical and cfg.backend == "faiss"}
+                 for s, e, sh in zip(self.shards, emb_paths, emb_shas)]
+        res = self.engine.map(assign_map, items, "assign")
+        sizes = np.sum([r["sizes"] for r in res], axis=0)
+        labels = np.repeat(np.arange(-1, k), sizes).astype(np.int32)  # only for the stats
+        stats = cluster_stats(labels, k)
+        atomic_write_json(self.out / "clusters" / "stats.json", stats)
+        info = {**fit_info, **{x: stats[x] for x in ("k", "empty_clusters", "singleton_clusters",
+                                                    "unassigned_docs", "largest", "median_size")},
+                "seconds": round(time.perf_counter() - t0, 2)}
+        self._log("cluster", info)
+        return info
+
+    def _label_paths(self) -> list[Path]:
+        paths = [self._p("clusters", s, ".npy") for s in self.shards]
+        if not all(Path(str(p) + ".done").exists() for p in paths):
+            raise FileNotFoundError("cluster assignments missing; run `toremi annotate cluster` first")
+        return paths
+
+    def keywords(self) -> dict:
+        t0 = time.perf_counter()
+        lab_paths = self._label_paths()
+        k = len(np.load(self.out / "clusters" / "centroids.npy"))
+        kpath = self.out / "keywords.json"
+        key = sha256_json([to_dict(self.cfg.keywords), [read_json(Path(str(p) + ".done"))["sha256"]
+                                                         for p in lab_paths]])[:16]
+        marker = Path(str(kpath) + ".done")
+        if kpath.exists() and marker.exists() and read_json(marker).get("inputs") == key \
+                and read_json(marker).get("sha256") == sha256_file(kpath):
+            return {"skipped": True}
+        items = [{"doc": str(s), "labels": str(p), "k": k, "cfg": to_dict(self.cfg.keywords)}
+                 for s, p in zip(self.shards, lab_paths)]
+        parts = self.engine.map(count_map, items, "keywords")
+        terms, counts, df = merge_counts(parts, k)
+        top = ctfidf_top(terms, counts, df, self.cfg.keywords)
+        atomic_write_json(kpath, {str(c): v for c, v in top.items()})
+        mark_done(kpath, {"inputs": key, "k": k, "vocabulary": len(terms)})
+        info = {"k": k, "vocabulary": len(terms), "clusters_without_keywords": sum(not v for v in top.values()),
+                "seconds": round(time.perf_counter() - t0, 2)}
+        self._log("keywords", info)
+        return info
+
+    def make_labeller(self, topics: TopicSet):
+        sim = SimilarityLabeller(get_embedder(self.cfg.embed), topics, self.cfg.label.similarity)
+        if self.cfg.label.labeller == "llm":
+            return LLMLabeller(topics, self.cfg.label.llm, sim, self.out / "llm_cache.jsonl")
+        return sim
+
+    def label(self) -> dict:
+        t0 = time.perf_counter()
+        lab_paths = self._label_paths()
+        if not (self.out / "keywords.json").exists():
+            raise FileNotFoundError("keywords.json missing; run `toremi annotate keywords` first")
+        centroids = np.load(self.out / "clusters" / "centroids.npy")
+        kw = {int(c): v for c, v in read_json(self.out / "keywords.json").items()}
+        sizes = read_json(self.out / "clusters" / "stats.json")["sizes"]
+        topics = TopicSet.load(self.cfg.label.topics or None)
+        clusters = {c: {"keywords": kw.get(c, []), "centroid": centroids[c], "size": int(sizes[c])}
+                    for c in range(len(centroids))}
+        labeller = self.make_labeller(topics)
+        result = labeller.label(clusters)
+        missing = sorted(set(clusters) - set(result))
+        if missing:  # the interface promises every cluster; a bug here must not pass silently
+            raise RuntimeError(f"labeller {labeller.name} left clusters unlabelled: {missing[:10]}")
+        summary = np.zeros(len(topics.names), np.int64)
+        for c, rec in result.items():
+            summary[rec["topic_ids"]] += sizes[c]
+        doc = {"topic_names": topics.names, "topic_descriptions": topics.descriptions,
+               "labeller": labeller.name,
+               "clusters": {str(c): result[c] for c in sorted(result)},
+               "summary": {n: int(v) for n, v in zip(topics.names, summary)}}
+        fallbacks = sum("fallback_reason" in r["evidence"] for r in result.values())
+        if labeller.name.startswith("llm"):
+            doc["llm"] = {"requests": labeller.requests, "cache_hits": labeller.cache.hits, "fallbacks": fallbacks}
+        atomic_write_json(self.out / "topics.json", doc)
+        topics_sha = sha256_file(self.out / "topics.json")
+        table = [result[c]["topic_ids"] for c in range(len(centroids))]
+        items = [{"doc": str(s), "labels": str(p), "out": str(self._p("attributes/topics", s, ".parquet")),
+                  "topics_sha": topics_sha, "cluster_topics": table} for s, p in zip(self.shards, lab_paths)]
+        self.engine.map(attributes_map, items, "attributes")
+        info = {"labeller": labeller.name, "fallbacks": fallbacks, "seconds": round(time.perf_counter() - t0, 2),
+                "labels_per_cluster": float(np.mean([len(r["topic_ids"]) for r in result.values()]))}
+        self._log("label", info)
+        return info
+
+    def run(self, steps=STEPS) -> dict:
+        return {s: getattr(self, s)() for s in steps}
+
+
+def summary_table(out_dir: str | Path) -> str:
+    """Documents per topic from topics.json (a document counts once per topic it carries)."""
+    doc = read_json(Path(out_dir) / "topics.json")
+    rows = sorted(doc["summary"].items(), key=lambda kv: -kv[1])
+    total_clusters = len(doc["clusters"])
+    lines = [f"labeller: {doc['labeller']}  clusters: {total_clusters}", f"{'topic':<22}{'documents':>10}"]
+    lines += [f"{n:<22}{v:>10}" for n, v in rows if v]
+    return "\n".join(lines)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("toremi", "numpy", "faiss-cpu", "scikit-learn", "wordllama", "sentence-transformers", "ray"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def load_topics(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "topics.json").read_text())
