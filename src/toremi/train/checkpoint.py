@@ -1,0 +1,89 @@
+"""Checkpoints: ``run_dir/checkpoints/step-XXXXXXX/{model/, train_state.pt}``.
+
+``model/`` is the HF GPT-2 format (exact weights, usable by any HF tool); ``train_state.pt`` holds
+everything else a bit-for-bit resume needs: optimizer, scheduler, method, loader and RNG states,
+counters, and the data hash/topic names that a resume is checked against. A checkpoint is written
+into a temporary folder and renamed, so a folder named ``step-*`` is always complete.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toremi.model import GPT, load_hf, save_hf
+
+PATTERN = re.compile(r"^step-(\d{7,})$")
+
+
+def ckpt_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if PATTERN.match(p.name) and (p / "train_state.pt").exists()]
+    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
+
+
+def latest(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, model: GPT, state: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically and keep only the newest ``keep`` (0 = keep all)."""
+    final = ckpt_dir(run_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_hf(model, tmp / "model")
+    torch.save({**state, "rng": rng_state()}, tmp / "train_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(path: Path, map_location="cpu") -> tuple[GPT, dict]:
+    path = Path(path)
+    state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=False)
+    return load_hf(path / "model", map_location=map_location), state
+
+
+def check_compatible(state: dict, data_hash: str, topic_names: list[str], path: Path) -> None:
+    """Refuse to resume on other data or another topic set, showing what differs."""
+    if state["data_hash"] != data_hash:
+        raise ValueError(f"cannot resume from {path}: the tokens dir changed (data hash "
+                         f"{state['data_hash'][:12]} in the checkpoint, {data_hash[:12]} now). "
+                         f"Use the original tokens dir, or a new --out to start a fresh run.")
+    old, new = list(state["topic_names"]), list(topic_names)
+    if old != new:
+        added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+        detail = f"added {added}, removed {removed}" if added or removed else "same topics, new order"
+        raise ValueError(f"cannot resume from {path}: the topic set changed ({detail}). "
+                         f"Use a new --out to start a fresh run.")

@@ -1,0 +1,55 @@
+"""``toremi train --tokens DIR --out RUN_DIR [--config X.yaml] [--resume] [key.sub=value ...]``
+
+Examples:
+  toremi train --tokens out/tokens --out runs/toremi method=toremi steps=500
+  toremi train --tokens out/tokens --out runs/authors method=toremi method.preset=authors
+  torchrun --nproc_per_node 8 -m toremi.train.cli --tokens ... --out ... model=gpt2 tokens=2e9
+Rerunning the same command resumes from the newest checkpoint in RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from toremi.config import load_config
+
+# Shorthands: `method=toremi` means `method.name=toremi`, `model=gpt2` means `model.size=gpt2`.
+SHORTHANDS = {"method": "method.name", "model": "model.size", "preset": "method.preset"}
+
+
+def parse(argv: list[str]):
+    from toremi.train.config import TrainConfig
+
+    ap = argparse.ArgumentParser(prog="toremi train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", help="prepared tokens dir (toremi prepare)")
+    ap.add_argument("--out", help="run dir (created; resumed if it holds checkpoints)")
+    ap.add_argument("--config", help="YAML file with TrainConfig fields")
+    ap.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value (e.g. method=toremi optim.lr=3e-4)")
+    a = ap.parse_args(argv)
+    overrides = []
+    for item in a.overrides:
+        key, eq, value = item.partition("=")
+        overrides.append(f"{SHORTHANDS.get(key, key)}{eq}{value}")
+    if a.tokens:
+        overrides.append(f"tokens_dir={a.tokens}")
+    if a.out:
+        overrides.append(f"out={a.out}")
+    if a.resume:
+        overrides.append("resume=must")
+    return load_config(TrainConfig, a.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from toremi.train import train
+
+    cfg = parse(list(sys.argv[1:] if argv is None else argv))
+    run_dir = train(cfg)
+    print(f"run dir: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The training loop shared by every method, so comparisons use the same data, model and budget.
+
+Per optimizer step (``train_step``), with no host sync:
+  sample weight s_i = mean weight of sample i's topics (unlabelled: ``unlabelled_weight``);
+  per-sample loss l_i = mean CE over sample i's real target tokens;
+  loss = Σ s_i l_i / Σ s_i over the GLOBAL batch (all micro-batches and ranks; ``loss_norm=mean``
+  divides by the number of samples instead, as the authors do);
+  per-topic loss sums/counts accumulate on device with ``index_add_``;
+  a non-finite gradient norm skips the step on device (fused AdamW ``found_inf``).
+Every ``method.interval`` steps the topic statistics are all-reduced once and the method updates
+its weights / sampling probabilities (identical on every rank). Logging, evaluation and
+checkpoints are the only other places that read device values.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from toremi.data.loader import Batch, BatchLoader
+from toremi.data.shards import TokenDataset
+from toremi.io import append_jsonl, read_jsonl, atomic_write_text
+from toremi.methods import build_method, rules
+from toremi.model import GPT, GPTConfig, per_sample_loss
+from toremi.train import checkpoint
+from toremi.train.config import TrainConfig
+from toremi.train.distributed import Dist, all_reduce_sum, barrier
+from toremi.train.runlog import RunLogger
+
+
+def lr_lambda(cfg: TrainConfig, total: int):
+    o = cfg.optim
+
+    def f(step: int) -> float:  # step = optimizer steps taken so far
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * frac)) if o.schedule == "cosine" else 1 - frac
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * decay
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, d: Dist):
+        self.cfg, self.d, self.dev = cfg, d, d.device
+        if cfg.tokens_dir is None or cfg.out is None:
+            raise ValueError("set tokens_dir (--tokens) and out (--out)")
+        self.run_dir = Path(cfg.out)
+        self.ds = TokenDataset(cfg.tokens_dir)
+        self.val = TokenDataset(cfg.tokens_dir, "val") if (Path(cfg.tokens_dir) / "index-val.npz").exists() else None
+        self.K = self.ds.num_topics
+        labelled = self.ds.topics[self.ds.topics >= 0]
+        self.topic_counts = torch.from_numpy(np.bincount(labelled, minlength=self.K).astype(np.float64))
+        self.labelled = self.K > 0 and len(labelled) > 0
+        self.total = cfg.total_steps(d.world_size, self.ds.seq_len)
+        self.T = self.ds.seq_len
+        self.tokens_per_step = cfg.batch_size * cfg.accum * d.world_size * self.T
+
+        torch.manual_seed(cfg.seed)
+        mc = cfg.model
+        self.model = GPT(GPTConfig.named(mc.size, self.ds.vocab_size, mc.block_size or self.T,
+                                         dropout=mc.dropout, pad_vocab_to=mc.pad_vocab_to)).to(self.dev)
+        o = cfg.optim
+        self.opt = self.model.configure_optimizer(o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
+        self.fused = bool(self.opt.defaults.get("fused"))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
+        self.method = build_method(cfg.method, self.K, self.total, self.topic_counts)
+        self.loader = BatchLoader(self.ds, cfg.batch_size, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
+        self.step, self.stop_reason = 0, None
+        # device accumulators: [K+1] (last slot = padding), interval stats and log-window stats
+        z = lambda: torch.zeros(self.K + 1, dtype=torch.float64, device=self.dev)
+        self.stat_loss, self.stat_count, self.log_tloss, self.log_tcount = z(), z(), z(), z()
+        self.log_sums = torch.zeros(4, dtype=torch.float64, device=self.dev)  # tok-loss, tokens, wloss, steps
+        self.bad = torch.zeros(3, dtype=torch.float64, device=self.dev)  # total skipped, run, max run
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if self.dev.type == "cuda" and cfg.dtype in ("auto", "bfloat16") else nullcontext())
+        self.resumed_from = self._maybe_resume()
+        self.ddp = DDP(self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None) \
+            if d.enabled else self.model
+        use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
+        self.fwd = torch.compile(self._fwd) if use_compile else self._fwd
+        self._set_weights()
+
+    # ------------------------------------------------------------------ the step
+    def _fwd(self, input_ids, labels, s, inv_norm):
+        """Forward + weighted loss; compiled as one graph when ``compile`` is on (design.md §6)."""
+        with self.amp:
+            logits = self.ddp(input_ids)
+        l, n = per_sample_loss(logits, labels)
+        return (s * l).sum() * inv_norm, l, n
+
+    def _set_weights(self) -> None:
+        self.w_dev = self.method.topic_weights.to(self.dev, torch.float32)
+        if self.method.uses_sampling and self.labelled:
+            self.loader.set_topic_probs(self.method.sampling_probs)
+
+    def train_step(self, batches: list[Batch]) -> None:
+        """One optimizer step over ``accum`` micro-batches already on the device. Sync-free."""
+        c, unl = self.cfg, self.cfg.method.unlabelled_weight
+        s_all = [rules.sample_weights(self.w_dev, b.topic_ids, unl) * (b.labels != -100).any(1) for b in batches]
+        if c.method.loss_norm == "mean":
+            norm = torch.tensor(float(sum(len(s) for s in s_all) * self.d.world_size), device=self.dev)
+        else:
+            norm = all_reduce_sum(torch.stack([s.sum() for s in s_all]).sum(), self.d).clamp(min=1e-12)
+        inv_norm = self.d.world_size / norm  # DDP averages gradients over ranks
+        ls, ns = [], []
+        for i, (b, s) in enumerate(zip(batches, s_all)):
+            sync = self.ddp.no_sync() if self.d.enabled and i < len(batches) - 1 else nullcontext()
+            with sync:
+                loss, l, n = self.fwd(b.input_ids, b.labels, s, inv_norm)
+                loss.backward()
+            ls.append(l.detach())
+            ns.append(n)
+            self.log_sums[2] += loss.detach().double() / self.d.world_size
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip or math.inf)
+        ok = torch.isfinite(gnorm)
+        if self.fused:
+            self.opt.found_inf = (~ok).float()
+            self.opt.step()
+        elif ok:  # non-fused optimizer: the check costs one host sync
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        l, n = torch.cat(ls), torch.cat(ns)
+        tids = torch.cat([b.topic_ids for b in batches])
+        valid = (n > 0) & torch.isfinite(l) & ok
+        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l, tids, valid)
+        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l, tids, valid)
+        nv = n.double() * valid
+        self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
+        self.log_sums[1] += nv.sum()
+        self.log_sums[3] += 1
+        bad = (~ok).double()
+        self.bad[0] += bad
+        self.bad[1] = (self.bad[1] + 1) * bad
+        self.bad[2] = torch.maximum(self.bad[2], self.bad[1])
+
+    def next_batches(self) -> list[Batch]:
+        return [self.loader.next_batch().to(self.dev) for _ in range(self.cfg.accum)]
+
+    # ------------------------------------------------------------------ interval work
+    def update_method(self, log: RunLogger) -> None:
+        stats = all_reduce_sum(torch.cat([self.stat_loss[:self.K], self.stat_count[:self.K]]), self.d).cpu()
+        record = self.method.update(self.step, stats[:self.K], stats[self.K:])
+        record["tokens"] = self.step * self.tokens_per_step
+        log.weights(record, self.method.topic_weights, self.method.sampling_probs)
+        self._set_weights()
+        self.stat_loss.zero_()
+        self.stat_count.zero_()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Token-weighted mean loss over (a capped prefix of) the val split, overall and per topic."""
+        if self.val is None or len(self.val) == 0:
+            return None
+        self.model.eval()
+        bs, n = self.cfg.batch_size, len(self.val)
+        starts = list(range(0, n, bs))[: self.cfg.eval_batches]
+        sums = torch.zeros(2 * (self.K + 1) + 2, dtype=torch.float64, device=self.dev)
+        for j in starts[self.d.rank::self.d.world_size]:
+            b = Batch(**self.val.gather(np.arange(j, min(j + bs, n)))).to(self.dev)
+            with self.amp:
+                logits = self.model(b.input_ids)
+            l, cnt = per_sample_loss(logits, b.labels)
+            k1, dummy = self.K + 1, sums.new_zeros(self.K + 1)
+            rules.accumulate_topic_stats(sums[:k1], dummy, l.double() * cnt, b.topic_ids)
+            rules.accumulate_topic_stats(sums[k1:2 * k1], dummy, cnt.double(), b.topic_ids)
+            sums[2 * k1] += (l.double() * cnt).sum()
+            sums[2 * k1 + 1] += cnt.sum()
+        self.model.train()
+        sums = all_reduce_sum(sums, self.d).cpu()
+        k1 = self.K + 1
+        loss = float(sums[2 * k1] / sums[2 * k1 + 1].clamp(min=1))
+        self.method.on_eval(self.step, loss)
+        tl, tc = sums[:self.K], sums[k1:k1 + self.K]
+        topic = [float(a / b) if b > 0 else None for a, b in zip(tl.tolist(), tc.tolist())]
+        return {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_loss": loss,
+                "val_ppl": math.exp(min(loss, 50)), "val_tokens": int(sums[2 * k1 + 1]),
+                "val_topic_loss": topic}
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "method": self.method.state_dict(), "loader": self.loader.state_dict(),
+                "bad": self.bad.cpu(), "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
+                "world_size": self.d.world_size, "total_steps": self.total}
+
+    def save(self, log: RunLogger | None = None) -> Path | None:
+        path = None
+        if self.d.is_main:
+            path = checkpoint.save(self.run_dir, self.step, self.model, self.state(), self.cfg.keep_checkpoints)
+            if log:
+                log.info(f"checkpoint {path}")
+        barrier(self.d)
+        return path
+
+    def _maybe_resume(self) -> Path | None:
+        path = checkpoint.latest(self.run_dir)
+        if self.cfg.resume == "must" and path is None:
+            raise ValueError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        if path is None:
+            return None
+        if self.cfg.resume == "never":
+            raise ValueError(f"{self.run_dir} already has checkpoints ({path.name}); resume=never "
+                             f"refuses to overwrite it: pick a new --out or use resume=auto")
+        model, st = checkpoint.load(path, self.dev)
+        checkpoint.check_compatible(st, self.ds.data_hash, self.ds.topic_names, path)
+        if st["world_size"] != self.d.world_size:
+            raise ValueError(f"{path} was written by {st['world_size']} processes, this run has "
+                             f"{self.d.world_size}; resume with the same number")
+        self.model.load_state_dict(model.state_dict())
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.method.load_state_dict(st["method"])
+        self.loader.load_state_dict(st["loader"])
+        self.bad.copy_(st["bad"].to(self.dev))
+        self.step = st["step"]
+        checkpoint.set_rng_state(st["rng"])
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        c, d = self.cfg, self.d
+        log = RunLogger(self, enabled=d.is_main)
+        stop = {"signal": None}
+        handlers = {}
+
+        def on_signal(signum, _frame):
+            stop["signal"] = signal.Signals(signum).name
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                handlers[sig] = signal.signal(sig, on_signal)
+            except ValueError:  # not the main thread
+                pass
+        try:
+            self._loop(log, stop)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            log.close(self.stop_reason)
+        return self.run_dir
+
+    def _loop(self, log: RunLogger, stop: dict) -> None:
+        c, d = self.cfg, self.d
+        if self.step >= self.total:
+            log.info(f"already trained {self.step} steps")
+        while self.step < self.total:
+            batches = self.next_batches()
+            self.train_step(batches)
+            self.step += 1
+            if self.step % c.method.interval == 0:
+                self.update_method(log)
+            last = self.step == self.total
+            if self.step % c.log_every == 0 or last:
+                bad = log.metrics(self.step)
+                if bad[2] >= c.max_bad_steps:
+                    self.stop_reason = (f"stopped: {int(bad[2])} non-finite steps in a row "
+                                        f"({int(bad[0])} skipped in total); lower optim.lr or check the data")
+                    self.bad[1:] = 0
+            if (c.eval_every and self.step % c.eval_every == 0) or last:
+                ev = self.evaluate()
+                if ev:
+                    log.eval(ev)
+            sig = stop["signal"]
+            if d.enabled and (self.step % c.log_every == 0 or last):  # ranks must agree on stopping
+                flag = all_reduce_sum(torch.tensor([1.0 if sig else 0.0], device=self.dev), d)
+                sig = sig or ("SIGTERM" if float(flag) > 0 else None)
+            elif d.enabled:
+                sig = None
+            if sig and not self.stop_reason:
+                self.stop_reason = f"interrupted by {sig}"
+            if c.stop_at_step and self.step == c.stop_at_step and not last:
+                self.stop_reason = self.stop_reason or f"stopped at step {self.step} (stop_at_step)"
+            if self.stop_reason:
+                self.save(log)
+                log.info(f"{self.stop_reason}; checkpoint written, rerun the same command to resume")
+                return
+            if c.ckpt_every and self.step % c.ckpt_every == 0 and not last:
+                self.save(log)
+        self.save(log)
+        if d.is_main:
+            final = self.run_dir / "final"
+            from toremi.model import save_hf
+            save_hf(self.model, final)
+            tok = Path(c.tokens_dir) / "tokenizer.json"
+            if tok.exists():
+                atomic_write_text(final / "tokenizer.json", tok.read_text())
+        barrier(d)
