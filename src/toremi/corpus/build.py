@@ -174,6 +174,9 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
                    label_kind: str | None, fingerprint: str) -> dict:
     """Clean, dedupe, split, count and write one domain; returns its marker info."""
     t0 = time.time()
+    marker = done_marker(domain_marker(out, domain))
+    if marker.exists():  # about to rewrite this domain's shards: its old marker no longer holds
+        marker.unlink()
     counts = {"read": 0, "invalid_utf8": 0, "empty": 0, "exact_dup": 0, "near_dup": 0,
               "kept": 0, "truncated": False}
     limit = None if cfg.max_mb_per_domain is None else cfg.max_mb_per_domain * MB
@@ -304,6 +307,7 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # present only when the whole build finished
     t0 = time.time()
     tokenizer = load_tokenizer(cfg)
     infos = {}

@@ -9,6 +9,7 @@ a bad JSONL line stops the run with ``file:line`` and the fix, or is skipped and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -138,6 +139,15 @@ def read_hf(path: Path, opt: IngestOptions, skipped: list[str]) -> Iterator[dict
             yield _record(rec, opt, f"{path} {split} row {row}", f"{split or 'row'}/{row:07d}")
 
 
+def _content_hash(docs: list[dict]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for d in docs:
+        text = d["text"] if isinstance(d["text"], bytes) else str(d["text"]).encode("utf-8", "replace")
+        for part in (str(d["id"]).encode(), text, str(d.get("label")).encode(), str(d["source"]).encode()):
+            h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()
+
+
 READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "text": read_text, "hf": read_hf}
 
 
@@ -156,13 +166,13 @@ def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
         raise IngestError(f"{path}: no documents found in {fmt} format")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(
-        [path] if path.is_file() else path.rglob("*")) if f.is_file()]
-    extra = {"options": to_dict(opt), "format": fmt, "files": stamp}
+    (out / "manifest.json").unlink(missing_ok=True)
     tokenizer = load_tokenizer(cfg)
     infos = {}
     for domain in sorted(by_domain):
-        fp = cfg.fingerprint(domain, extra)
+        # A domain is redone only if its own documents or the settings changed.
+        fp = cfg.fingerprint(domain, {"options": to_dict(opt), "format": fmt,
+                                      "content": _content_hash(by_domain[domain])})
         infos[domain] = finished(out, domain, fp) or process_domain(
             out, domain, by_domain[domain], cfg, tokenizer, "label" if any(
                 d.get("label") is not None for d in by_domain[domain]) else None, fp)
