@@ -1,0 +1,155 @@
+"""``toremi eval``: per-domain perplexity / bits-per-byte and downstream accuracy of a checkpoint.
+
+    toremi eval --run runs/x --corpus out/corpus [--piqa DIR] [--max-docs N] [--out FILE]
+    toremi eval --model HF_DIR --corpus out/corpus [--tokenizer PATH|gpt2] [key=value ...]
+
+Writes ``<run_dir>/eval.json`` (or ``<model_dir>/eval.json`` / ``--out``) in the format of
+docs/ARCHITECTURE.md. A missing held-out domain, task domain or PIQA folder is skipped with a
+message (listed under ``skipped``); a tokenizer that does not match the checkpoint is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toremi.config import ConfigError, load_config, to_dict
+from toremi.evaluate.downstream import ClassifyTask
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def default_tasks() -> list[ClassifyTask]:
+    return [ClassifyTask("bbc_topic", "news", "Topic"), ClassifyTask("brown_genre", "mixed", "Genre")]
+
+
+@dataclass
+class EvalConfig:
+    run: str | None = None  # run dir: evaluates final/ (else the newest checkpoint)
+    model: str | None = None  # or any HF causal-LM folder
+    tokenizer: str | None = None  # default: tokenizer.json beside the weights; "gpt2" allowed
+    corpus: str | None = None  # corpus dir with eval/<domain>/*.parquet
+    domains: list[str] = field(default_factory=list)  # empty = every held-out domain
+    piqa: str | None = None  # default ../shared/data/piqa beside the checkout; "none" = skip
+    tasks: list[ClassifyTask] = field(default_factory=default_tasks)
+    max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
+    max_tokens: int | None = None  # stop a domain's perplexity after this many tokens
+    max_items: int | None = None  # PIQA items (fixed-seed subset)
+    batch_size: int = 8
+    max_len: int | None = None  # context for scoring; default the model's n_positions
+    stride: int | None = None  # sliding-window stride; default max_len // 2
+    device: str = "auto"
+    out: str | None = None
+
+    def __post_init__(self):
+        if (self.run is None) == (self.model is None):
+            raise ConfigError("give exactly one of --run RUN_DIR or --model HF_DIR")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def piqa_dir(spec: str | None) -> Path | None:
+    if spec is not None:
+        return None if spec.lower() == "none" else Path(spec)
+    for base in (REPO, Path.cwd()):
+        cand = (base / ".." / "shared" / "data" / "piqa").resolve()
+        if cand.exists():
+            return cand
+    return (REPO / ".." / "shared" / "data" / "piqa").resolve()
+
+
+def evaluate(cfg: EvalConfig, log=print) -> dict:
+    """Evaluate one checkpoint; returns (and writes) the eval.json record."""
+    from toremi.evaluate import load_model, resolve_run
+    from toremi.evaluate.downstream import classify, piqa
+    from toremi.evaluate.perplexity import domain_perplexity, heldout_domains, read_heldout
+    from toremi.io import atomic_write_json
+
+    t0 = time.time()
+    run_dir = Path(cfg.run) if cfg.run else None
+    if run_dir is not None:
+        model_dir, tok_path = resolve_run(run_dir)
+    else:
+        model_dir, tok_path = Path(cfg.model), None
+    lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len)
+    result = {"model": str(model_dir), "tokenizer": lm.tokenizer.info(), "max_len": lm.max_len,
+              "domains": {}, "macro_ppl": None, "downstream": {}, "skipped": [],
+              "config": to_dict(cfg)}
+
+    def skip(what: str, why: str) -> None:
+        log(f"eval: skipping {what}: {why}")
+        result["skipped"].append({"what": what, "why": why})
+
+    available = heldout_domains(cfg.corpus) if cfg.corpus else []
+    if cfg.corpus is None:
+        skip("perplexity", "no --corpus given")
+    elif not available:
+        skip("perplexity", f"{Path(cfg.corpus) / 'eval'} holds no held-out domains")
+    for domain in cfg.domains or available:
+        if domain not in available:
+            skip(f"domain {domain}", f"no held-out shards under {Path(cfg.corpus) / 'eval' / domain}")
+            continue
+        docs = read_heldout(cfg.corpus, domain, cfg.max_docs)
+        stats = domain_perplexity(lm, docs["text"], cfg.stride, cfg.batch_size, cfg.max_tokens,
+                                  desc=f"ppl {domain}")
+        result["domains"][domain] = stats
+        log(f"eval: {domain:<12} ppl {stats['ppl']:9.2f}  bpb {stats['bpb']:.4f}  "
+            f"({stats['tokens']} tokens, {stats['docs']} docs)")
+    if result["domains"]:
+        ppls = [d["ppl"] for d in result["domains"].values()]
+        result["macro_ppl"] = float(math.fsum(ppls) / len(ppls))
+
+    pdir = piqa_dir(cfg.piqa)
+    if pdir is None:
+        skip("piqa", "disabled (piqa=none)")
+    elif not (pdir / "valid.jsonl").exists():
+        skip("piqa", f"{pdir} has no valid.jsonl (PIQA lives in ../shared/data/piqa; "
+                     f"pass --piqa DIR)")
+    else:
+        result["downstream"]["piqa"] = piqa(lm, pdir, cfg.max_items, cfg.batch_size)
+    for task in cfg.tasks:
+        if task.domain not in available:
+            skip(task.name, f"held-out domain {task.domain!r} not in the corpus")
+            continue
+        docs = read_heldout(cfg.corpus, task.domain, cfg.max_docs)
+        names = read_heldout(cfg.corpus, task.domain, columns=("label",)).get("label", [])
+        try:
+            result["downstream"][task.name] = classify(
+                lm, task, docs["text"], docs.get("label", [None] * len(docs["text"])),
+                cfg.batch_size, names=[n for n in names if n])
+        except ValueError as exc:
+            skip(task.name, str(exc))
+    for name, d in result["downstream"].items():
+        log(f"eval: {name:<12} acc {d['acc']:.4f}  acc_norm {d['acc_norm']:.4f}  (n={d['n']}, "
+            f"chance {d['chance']:.3f})")
+    result["seconds"] = round(time.time() - t0, 2)
+    out = Path(cfg.out) if cfg.out else (run_dir or model_dir) / "eval.json"
+    atomic_write_json(out, result)
+    log(f"eval: wrote {out}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="toremi eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file with EvalConfig fields")
+    for flag in ("run", "model", "tokenizer", "corpus", "piqa", "max-docs", "max-tokens",
+                 "max-items", "batch-size", "max-len", "stride", "device", "out"):
+        p.add_argument(f"--{flag}")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. domains=[news,legal]")
+    args = p.parse_args(argv)
+    overrides = [f"{k}={v}" for k, v in vars(args).items()
+                 if k not in ("config", "overrides") and v is not None] + args.overrides
+    cfg = load_config(EvalConfig, args.config, overrides)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        evaluate(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"toremi eval: {exc}", file=sys.stderr)
+        return 2
+    return 0

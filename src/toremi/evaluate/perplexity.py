@@ -1,0 +1,92 @@
+"""Per-domain perplexity and bits per byte on the held-out split.
+
+Perplexity is exp of the token-weighted mean NLL over every scored token of the domain (not the
+mean of per-batch perplexities, which over-weights short batches and is biased upward by Jensen).
+Each document is prefixed with ``<|endoftext|>`` (the separator the model saw before every
+document in training) so its first token is scored too. Documents longer than the context are
+scored in strided windows: every token is scored exactly once, with at least
+``max_len - stride`` tokens of context after the first window.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from toremi.evaluate import LoadedModel, score
+
+
+def read_heldout(corpus_dir: Path, domain: str, max_docs: int | None = None,
+                 seed: int = 0, columns=("id", "text", "label")) -> dict[str, list]:
+    """Held-out documents of one domain; a fixed-seed subset when ``max_docs`` is set (shards
+    may be ordered by source or label, so the first N would be a biased sample)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = sorted((Path(corpus_dir) / "eval" / domain).glob("*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"{Path(corpus_dir) / 'eval' / domain}: no held-out shards")
+    tables = []
+    for p in paths:
+        names = pq.read_schema(p).names
+        tables.append(pq.read_table(p, columns=[c for c in columns if c in names]))
+    table = pa.concat_tables(tables, promote_options="default")
+    if max_docs is not None and table.num_rows > max_docs:
+        keep = np.sort(np.random.default_rng(seed).permutation(table.num_rows)[:max_docs])
+        table = table.take(keep)
+    return table.to_pydict()
+
+
+def heldout_domains(corpus_dir: Path) -> list[str]:
+    root = Path(corpus_dir) / "eval"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) \
+        if root.exists() else []
+
+
+def make_windows(ids: np.ndarray, max_len: int, stride: int) -> tuple[list[np.ndarray], list[int]]:
+    """Strided windows over ``ids`` (which starts with the EOT prefix) scoring each target once.
+
+    Window k covers ids[s : e + 1] (inputs ids[s:e], targets ids[s+1:e+1]) with s = k * stride and
+    e = min(s + max_len, L); it scores only targets after the previous window's end.
+    """
+    L = len(ids) - 1  # number of targets
+    windows, scored, prev_end, s = [], [], 0, 0
+    while prev_end < L:
+        e = min(s + max_len, L)
+        windows.append(ids[s:e + 1])
+        scored.append(e - prev_end)
+        prev_end, s = e, s + stride
+    return windows, scored
+
+
+def domain_perplexity(lm: LoadedModel, texts: list[str], stride: int | None = None,
+                      batch_size: int = 8, max_tokens: int | None = None,
+                      desc: str | None = None) -> dict:
+    """NLL (nats/token), perplexity and bits per byte of ``texts`` as one token-weighted pool."""
+    stride = stride or max(1, lm.max_len // 2)
+    if not 0 < stride <= lm.max_len:
+        raise ValueError(f"stride {stride} must be in 1..{lm.max_len}")
+    encoded = lm.tokenizer.encode_batch(list(texts))
+    windows, scored, n_bytes, n_docs, n_tokens = [], [], 0, 0, 0
+    for text, ids in zip(texts, encoded):
+        if not ids:
+            continue
+        w, k = make_windows(np.asarray([lm.tokenizer.eot_id] + ids, dtype=np.int64),
+                            lm.max_len, stride)
+        windows += w
+        scored += k
+        n_bytes += len(text.encode("utf-8"))
+        n_tokens += len(ids)
+        n_docs += 1
+        if max_tokens is not None and n_tokens >= max_tokens:
+            break
+    if not windows:
+        raise ValueError("no non-empty documents to evaluate")
+    ll, _ = score(lm, windows, np.array(scored), batch_size=batch_size, progress=desc)
+    assert sum(scored) == n_tokens
+    nll_sum = float(-ll.sum())
+    nll = nll_sum / n_tokens
+    return {"nll": nll, "ppl": math.exp(nll), "bpb": nll_sum / math.log(2) / n_bytes,
+            "tokens": n_tokens, "bytes": n_bytes, "docs": n_docs, "windows": len(windows)}

