@@ -11,6 +11,7 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 if [[ -f $DIR/.complete ]]; then exit 0; fi
 PY=${PYTHON:-.venv/bin/python}
+[[ -x $PY ]] || PY=python3
 
 DEBS=(bible-kjv bible-kjv-text dict-gcide wordnet-base dict-foldoc linux-doc-6.1 python3.11-doc fortunes fortunes-min)
 mkdir -p "$DIR/deb/pkgs" "$DIR/deb/root"

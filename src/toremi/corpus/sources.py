@@ -14,6 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
+import html
 import importlib.util
 import os
 import random
@@ -130,12 +131,14 @@ def _literature_works() -> list[tuple[str, Path]]:
 
 
 def read_literature(seed: int) -> Iterator[Doc]:
-    for work, f in _shuffled(_literature_works(), seed):
+    units = []  # chunks of all works, shuffled together so that a slice samples many works
+    for work, f in _literature_works():
         text = f.read_text(encoding="utf-8", errors="replace")
         paras = [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
-        for i, chunk in enumerate(_group(paras, CHUNK_CHARS)):
-            yield {"id": f"literature/{_slug(work)}/{i:04d}", "text": chunk, "label": work,
-                   "source": work}
+        units += [(work, i, chunk) for i, chunk in enumerate(_group(paras, CHUNK_CHARS))]
+    for work, i, chunk in _shuffled(units, seed):
+        yield {"id": f"literature/{_slug(work)}/{i:04d}", "text": chunk, "label": work,
+               "source": work}
 
 
 # --- religion: KJV via the `bible` program, one document per chapter, label = book ------------
@@ -298,9 +301,18 @@ def email_body(raw: bytes) -> tuple[str, str | None]:
         text = payload.decode(part.get_content_charset() or "utf-8", "replace") \
             if _known_charset(part.get_content_charset()) else payload.decode("utf-8", "replace")
         (plain if ctype == "text/plain" else html).append(text)
-    body = "\n\n".join(plain) if plain else re.sub(r"<[^>]+>", " ", "\n\n".join(html))
-    body = re.sub(r"[ \t]+\n", "\n", body)
+    body = "\n\n".join(plain) if plain else html_text("\n\n".join(html))
+    body = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", body))
     return body, (m.group(1).lower() if m else None)
+
+
+def html_text(page: str) -> str:
+    """Visible text of an HTML e-mail: no scripts/styles/tags, entities decoded, blank runs cut."""
+    page = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", page)
+    page = re.sub(r"(?i)<br\s*/?>|</(p|div|tr|h\d|li|table)\s*>", "\n", page)
+    page = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    lines = (" ".join(line.split()) for line in page.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 def _known_charset(cs: str | None) -> bool:
