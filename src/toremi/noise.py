@@ -1,0 +1,236 @@
+"""``toremi noise``: a copy of the training data in which one topic's samples are corrupted.
+
+The ToReMi authors test robustness by shuffling all characters of the Technology samples; a good
+reweighter should notice that topic's loss stays high and, in Stage 2, turn its weight down.
+
+Two levels, chosen by the input:
+
+- ``--corpus DIR`` (kinds ``chars``, ``words``): writes a whole corpus dir whose training documents
+  carrying the topic are corrupted (a character permutation, or a permutation of the words with
+  the whitespace kept in place); everything else is copied byte for byte: other documents, the
+  held-out ``eval/`` split (evaluation stays clean) and the topic attributes (document ids do not
+  change, so the labels still apply). Run ``toremi prepare`` on the result, exactly as on the clean
+  corpus: tokenization, sequence index and hashes then come from the one code path that makes them.
+- ``--tokens DIR`` (kind ``tokens``): copies a prepared tokens dir and replaces every token of the
+  topic's training sequences (except ``<|endoftext|>``) by a uniformly random token id; the index
+  is unchanged, so no re-tokenization is needed. The manifest's shard hashes and ``data_hash`` are
+  updated so that runs on noisy data never pass for runs on clean data.
+
+``--fraction`` corrupts that share of the topic's documents (chosen with ``--seed``). Each
+document's corruption is seeded by (seed, document id), so the output does not depend on the
+order shards are processed in. ``noise.json`` in the output records what was done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toremi.config import ConfigError, load_config, to_dict
+from toremi.io import (atomic_path, atomic_write_json, done_marker, mark_done, read_json,
+                       sha256_file, sha256_json)
+
+
+@dataclass
+class NoiseConfig:
+    out: str
+    topic: str  # topic name (or integer topic id)
+    corpus: str | None = None  # corpus dir (kinds chars, words)
+    annotations: str | None = None  # default <corpus>/annotations
+    tokens: str | None = None  # prepared tokens dir (kind tokens)
+    kind: str = "chars"
+    fraction: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.corpus is None) == (self.tokens is None):
+            raise ConfigError("give exactly one of --corpus (kinds chars, words) or --tokens "
+                              "(kind tokens)")
+        if self.kind not in ("chars", "words", "tokens"):
+            raise ConfigError(f"kind must be chars, words or tokens, got {self.kind!r}")
+        if self.tokens is not None and self.kind != "tokens":
+            raise ConfigError(f"kind {self.kind!r} changes the text, so it works on the corpus: "
+                              f"use --corpus CORPUS_DIR and re-run `toremi prepare` on --out")
+        if self.corpus is not None and self.kind == "tokens":
+            raise ConfigError("kind tokens works on a prepared tokens dir: use --tokens DIR")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+
+
+def doc_rng(seed: int, doc_id: str | int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(str(doc_id).encode())])
+
+
+def shuffle_chars(text: str, rng: np.random.Generator) -> str:
+    chars = np.array(list(text), dtype=object)
+    return "".join(chars[rng.permutation(len(chars))])
+
+
+def shuffle_words(text: str, rng: np.random.Generator) -> str:
+    parts = re.split(r"(\s+)", text)  # words at even positions, whitespace runs at odd ones
+    words = parts[0::2]
+    order = rng.permutation(len(words))
+    parts[0::2] = [words[i] for i in order]
+    return "".join(parts)
+
+
+CORRUPT = {"chars": shuffle_chars, "words": shuffle_words}
+
+
+def topic_id(names: list[str], topic: str) -> int:
+    if topic in names:
+        return names.index(topic)
+    if topic.isdigit() and int(topic) < len(names):
+        return int(topic)
+    raise ConfigError(f"topic {topic!r} is not one of the topics {names}")
+
+
+def select(candidates: list, fraction: float, seed: int) -> set:
+    """A fixed-seed ``fraction`` of ``candidates`` (all of them when fraction is 1)."""
+    if fraction >= 1.0:
+        return set(candidates)
+    n = int(round(fraction * len(candidates)))
+    order = np.random.default_rng(seed).permutation(len(candidates))[:n]
+    return {candidates[i] for i in order}
+
+
+def noisy_corpus(cfg: NoiseConfig, log=print) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    src, out = Path(cfg.corpus), Path(cfg.out)
+    ann = Path(cfg.annotations) if cfg.annotations else src / "annotations"
+    if not (ann / "topics.json").exists():
+        raise FileNotFoundError(f"{ann}/topics.json missing: run `toremi annotate` on {src} first")
+    if out.resolve() == src.resolve():
+        raise ConfigError("--out must differ from --corpus (a stage never rewrites its input)")
+    tid = topic_id(read_json(ann / "topics.json")["topic_names"], cfg.topic)
+    doc_shards = sorted((src / "documents").glob("*/*.parquet"))
+    if not doc_shards:
+        raise FileNotFoundError(f"{src}/documents has no shards: build the corpus first")
+    # Documents carrying the topic, from the attributes (joined by id, not by row order).
+    candidates = []
+    for p in sorted((ann / "attributes" / "topics").glob("*/*.parquet")):
+        t = pq.read_table(p, columns=["id", "topic_ids"]).to_pydict()
+        candidates += [i for i, ts in zip(t["id"], t["topic_ids"]) if ts and tid in ts]
+    chosen = select(sorted(candidates), cfg.fraction, cfg.seed)
+    # Copy everything except the training documents and the (text-derived) embeddings.
+    skip = {(src / "documents").resolve(), (ann / "embeddings").resolve(), out.resolve()}
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and not any(q in p.resolve().parents for q in skip):
+            dest = out / p.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dest)
+    if not str(ann.resolve()).startswith(str(src.resolve())):
+        shutil.copytree(ann, out / "annotations", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("embeddings"))
+    corrupt = CORRUPT[cfg.kind]
+    counts, hashes = {}, {}
+    for p in tqdm(doc_shards, desc=f"noise {cfg.kind}", disable=len(doc_shards) < 4):
+        table = pq.read_table(p)
+        ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+        hit = [i for i, d in enumerate(ids) if d in chosen]
+        for i in hit:
+            texts[i] = corrupt(texts[i], doc_rng(cfg.seed, ids[i]))
+        table = table.set_column(table.schema.get_field_index("text"), "text",
+                                 pa.array(texts, type=table.schema.field("text").type))
+        dest = out / p.relative_to(src)
+        with atomic_path(dest) as tmp:
+            pq.write_table(table, tmp)
+        hashes[str(p.relative_to(src))] = sha256_file(dest)
+        counts[p.parent.name] = counts.get(p.parent.name, 0) + len(hit)
+        marker = p.with_name(p.name + ".done")
+        if marker.exists():
+            atomic_write_json(out / marker.relative_to(src), {"sha256": hashes[str(p.relative_to(src))]})
+    info = {"level": "corpus", **to_dict(cfg), "topic_id": tid, "candidates": len(candidates),
+            "corrupted": sum(counts.values()), "per_domain": counts}
+    if (src / "manifest.json").exists():
+        manifest = read_json(src / "manifest.json")
+        for s in manifest.get("shards", []):
+            key = str(Path(s.get("path", "")))
+            for rel, h in hashes.items():
+                if key == rel or key.endswith(rel) or rel.endswith(key):
+                    s["sha256"] = h
+        manifest["noise"] = info
+        atomic_write_json(out / "manifest.json", manifest)
+    (out / "noise_ids.txt").write_text("".join(f"{d}\n" for d in sorted(chosen)))
+    atomic_write_json(out / "noise.json", info)
+    log(f"noise: corrupted {info['corrupted']} of {len(candidates)} {cfg.topic} documents "
+        f"({cfg.kind}) -> {out}; next: toremi prepare on it")
+    return info
+
+
+def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
+    from toremi.data.shards import open_shard, write_shard
+
+    src, out = Path(cfg.tokens), Path(cfg.out)
+    if out.resolve() == src.resolve():
+        raise ConfigError("--out must differ from --tokens (a stage never rewrites its input)")
+    manifest = read_json(src / "manifest.json")
+    tid = topic_id(manifest["topic_names"], cfg.topic)
+    vocab, eot = manifest["tokenizer"]["vocab_size"], manifest["tokenizer"]["eot_id"]
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    with np.load(src / "index-train.npz") as z:
+        shard, offset, length, doc, topics = (z[k] for k in ("shard", "offset", "length", "doc",
+                                                              "topics"))
+    flagged = (topics == tid).any(1)
+    chosen = select(sorted(set(doc[flagged].tolist())), cfg.fraction, cfg.seed)
+    rows = np.nonzero(flagged & np.isin(doc, np.fromiter(chosen, np.int64, len(chosen))))[0]
+    rng = np.random.default_rng(cfg.seed)
+    for s in np.unique(shard[rows]):
+        path = src / manifest["shards"][s]["path"]
+        tokens = np.array(open_shard(path))
+        r = rows[shard[rows] == s]
+        # All positions of the chosen sequences, vectorised: offsets + arange(length) per row.
+        pos = np.repeat(offset[r], length[r]) + (np.arange(length[r].sum()) -
+                                                 np.repeat(np.cumsum(length[r]) - length[r], length[r]))
+        pos = pos[tokens[pos] != eot]
+        draw = rng.integers(0, vocab - 1, size=len(pos))
+        tokens[pos] = (draw + (draw >= eot)).astype(tokens.dtype)  # never the EOT id
+        dest = out / manifest["shards"][s]["path"]
+        write_shard(dest, tokens)
+        manifest["shards"][s]["sha256"] = sha256_file(dest)
+        if done_marker(dest).exists():
+            mark_done(dest, {**read_json(done_marker(dest)), "sha256": manifest["shards"][s]["sha256"]})
+    info = {"level": "tokens", **to_dict(cfg), "topic_id": tid, "candidates": int(flagged.sum()),
+            "corrupted_docs": len(chosen), "corrupted_sequences": int(len(rows))}
+    manifest["noise"] = info
+    manifest["data_hash"] = sha256_json([manifest.get("data_hash"), info])
+    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / "noise.json", info)
+    log(f"noise: randomised {len(rows)} sequences of {len(chosen)} {cfg.topic} documents -> {out}")
+    return info
+
+
+def make_noise(cfg: NoiseConfig, log=print) -> dict:
+    return noisy_tokens(cfg, log) if cfg.tokens else noisy_corpus(cfg, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="toremi noise", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag in ("corpus", "annotations", "tokens", "out", "topic", "kind", "fraction", "seed"):
+        p.add_argument(f"--{flag}")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    overrides = [f"{k}={v}" for k, v in vars(args).items()
+                 if k != "overrides" and v is not None] + args.overrides
+    defaults = {"topic": "Technology"}
+    cfg = load_config(NoiseConfig, None, overrides, defaults=defaults) if args.out else None
+    if cfg is None:
+        print("toremi noise: --out DIR is required", file=sys.stderr)
+        return 2
+    try:
+        make_noise(cfg)
+    except FileNotFoundError as exc:
+        print(f"toremi noise: {exc}", file=sys.stderr)
+        return 2
+    return 0
