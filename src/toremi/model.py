@@ -203,7 +203,7 @@ def load_hf(model_dir: str | Path, map_location: str = "cpu") -> GPT:
         c = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                       n_head=hf["n_head"], n_embd=hf["n_embd"], pad_vocab_to=1)
     model = GPT(c)
-    tensors = load_file(str(model_dir / "model.safetensors"), device=map_location)
+    tensors = load_file(str(model_dir / "model.safetensors"), device=str(map_location))
     sd = {}
     for name, p in tensors.items():
         name = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name

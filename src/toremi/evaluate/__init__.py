@@ -71,19 +71,27 @@ def _run_fingerprint(run_dir: Path | None) -> str | None:
 def check_compatible(config, tok: Tokenizer, where: Path, run_dir: Path | None = None) -> None:
     """Refuse a tokenizer that cannot have produced the model's training data, naming why."""
     vocab = int(config.vocab_size)
-    # A lean model may pad its vocabulary to a multiple of 64..256 rows (50,257 -> 50,304) for
-    # speed; any other difference means the model was trained with another tokenizer.
-    padded = {tok.vocab_size} | {-(-tok.vocab_size // m) * m for m in (64, 128, 256)}
-    if vocab not in padded:
-        raise CheckpointMismatch(
-            f"{where}: model vocabulary {vocab} does not match tokenizer {tok.name!r} "
-            f"(vocab_size {tok.vocab_size}); pass the tokenizer the model was trained with "
-            f"(--tokenizer, or the tokenizer.json saved in the run's final/ folder)")
-    eos = getattr(config, "eos_token_id", None)
-    if isinstance(eos, int) and eos < vocab and eos != tok.eot_id:
-        raise CheckpointMismatch(
-            f"{where}: model eos_token_id {eos} but the tokenizer's <|endoftext|> is {tok.eot_id}; "
-            f"the checkpoint was trained with a different tokenizer")
+    mine = getattr(config, "toremi", None)  # written by toremi.model.save_hf: the exact size
+    if isinstance(mine, dict) and mine.get("tokenizer_vocab_size") is not None:
+        if int(mine["tokenizer_vocab_size"]) != tok.vocab_size:
+            raise CheckpointMismatch(
+                f"{where}: model trained with a {mine['tokenizer_vocab_size']}-token vocabulary, "
+                f"tokenizer {tok.name!r} has {tok.vocab_size}; pass the tokenizer the model was "
+                f"trained with (--tokenizer, or the tokenizer.json in the run's final/ folder)")
+    else:
+        # A model may pad its vocabulary to a multiple of 64..256 rows (50,257 -> 50,304) for
+        # speed; any other difference means the model was trained with another tokenizer.
+        padded = {tok.vocab_size} | {-(-tok.vocab_size // m) * m for m in (64, 128, 256)}
+        if vocab not in padded:
+            raise CheckpointMismatch(
+                f"{where}: model vocabulary {vocab} does not match tokenizer {tok.name!r} "
+                f"(vocab_size {tok.vocab_size}); pass the tokenizer the model was trained with "
+                f"(--tokenizer, or the tokenizer.json saved in the run's final/ folder)")
+        eos = getattr(config, "eos_token_id", None)
+        if isinstance(eos, int) and eos < vocab and eos != tok.eot_id:
+            raise CheckpointMismatch(
+                f"{where}: model eos_token_id {eos} but the tokenizer's end-of-text id is "
+                f"{tok.eot_id}; the checkpoint was trained with a different tokenizer")
     want = _run_fingerprint(run_dir)
     if want is not None and want != tok.fingerprint:
         raise CheckpointMismatch(
@@ -155,7 +163,9 @@ def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
         targets = torch.from_numpy(np.where(mask, tokens[:, 1:], -100)).to(device)
         with autocast:
             logits = lm.model(input_ids=inputs).logits
-        logits = logits.float()
+        # Rows past the tokenizer's vocabulary (padding for speed) are never targets: leave them
+        # out of the normalisation so perplexity is over the real vocabulary.
+        logits = logits[..., :lm.tokenizer.vocab_size].float()
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
                               reduction="none").view(targets.shape)
         hit = (logits.argmax(-1) == targets) | (targets == -100)

@@ -50,6 +50,8 @@ def lr_lambda(cfg: TrainConfig, total: int):
 
 
 class Trainer:
+    ACCUMULATORS = ("stat_loss", "stat_count", "log_tloss", "log_tcount", "log_sums")
+
     def __init__(self, cfg: TrainConfig, d: Dist):
         self.cfg, self.d, self.dev = cfg, d, d.device
         if cfg.tokens_dir is None or cfg.out is None:
@@ -191,7 +193,8 @@ class Trainer:
     def state(self) -> dict:
         return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "method": self.method.state_dict(), "loader": self.loader.state_dict(),
-                "bad": self.bad.cpu(), "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
+                "bad": self.bad.cpu(), "accumulators": {k: getattr(self, k).cpu() for k in self.ACCUMULATORS},
+                "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
                 "world_size": self.d.world_size, "total_steps": self.total}
 
     def save(self, log: RunLogger | None = None) -> Path | None:
@@ -223,6 +226,8 @@ class Trainer:
         self.method.load_state_dict(st["method"])
         self.loader.load_state_dict(st["loader"])
         self.bad.copy_(st["bad"].to(self.dev))
+        for k in self.ACCUMULATORS:  # a mid-interval checkpoint keeps the partial statistics
+            getattr(self, k).copy_(st["accumulators"][k].to(self.dev))
         self.step = st["step"]
         checkpoint.set_rng_state(st["rng"])
         return path

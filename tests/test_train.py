@@ -1,0 +1,204 @@
+"""Trainer on real prepared tokens: resume equality, signals, NaN skip, sync-free step, HF export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from toremi.config import load_config
+from toremi.io import read_json, read_jsonl
+from toremi.train import TrainConfig, train
+from toremi.train import checkpoint
+from toremi.train.distributed import Dist
+from toremi.train.trainer import Trainer
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TIMING = {"tokens_per_s", "elapsed_s"}
+
+
+def make_cfg(tokens, out, *overrides) -> TrainConfig:
+    base = [f"tokens_dir={tokens}", f"out={out}", "steps=16", "batch_size=4", "accum=2",
+            "log_every=2", "eval_every=8", "eval_batches=2", "progress=false", "optim.warmup_steps=2",
+            "method.interval=2"]
+    return load_config(TrainConfig, None, base + list(overrides))
+
+
+def logs(run: Path) -> tuple[list, list]:
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
+    return strip(read_jsonl(run / "metrics.jsonl")), read_jsonl(run / "weights.jsonl")
+
+
+def final_state(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ma, wa = logs(a)
+    mb, wb = logs(b)
+    assert len(ma) > 0 and len(wa) > 0
+    assert ma == mb
+    assert wa == wb
+    sa, sb = final_state(a), final_state(b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+METHOD_ARGS = {
+    "toremi": ["method.name=toremi", "method.switch=fraction", "method.switch_fraction=0.5"],
+    "odm": ["method.name=odm"],
+}
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tiny_tokens, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ref")
+    return {name: train(make_cfg(tiny_tokens, root / name, *args)) for name, args in METHOD_ARGS.items()}
+
+
+@pytest.mark.parametrize("name", list(METHOD_ARGS))
+def test_resume_equals_uninterrupted(name, tiny_tokens, tmp_path, reference_runs):
+    run = tmp_path / name
+    train(make_cfg(tiny_tokens, run, *METHOD_ARGS[name], "stop_at_step=7"))  # mid-interval stop
+    assert checkpoint.latest(run).name == "step-0000007"
+    assert not (run / "final").exists()
+    assert "stop_at_step" in read_json(run / "run.json")["status"]
+    train(make_cfg(tiny_tokens, run, *METHOD_ARGS[name]))  # automatic resume
+    info = read_json(run / "run.json")
+    assert info["status"] == "done" and info["resumed_from"].endswith("step-0000007")
+    assert_same_run(reference_runs[name], run)
+    w = read_jsonl(run / "weights.jsonl")
+    assert [r["step"] for r in w] == list(range(2, 17, 2))
+    if name == "toremi":
+        assert {r["stage"] for r in w} == {1, 2} and any(x != 1.0 for x in w[-1]["weights"])
+    else:
+        assert w[-1]["probs"] is not None and abs(sum(w[-1]["probs"]) - 1) < 1e-9
+
+
+def test_sigterm_checkpoints_and_resumes(tiny_tokens, tmp_path, reference_runs):
+    run = tmp_path / "sig"
+    args = [f"--tokens={tiny_tokens}", f"--out={run}", "steps=16", "batch_size=4", "accum=2",
+            "log_every=2", "eval_every=8", "eval_batches=2", "progress=false",
+            "optim.warmup_steps=2", "method.interval=2", *METHOD_ARGS["toremi"]]
+    code = ("import sys, time, toremi.train.trainer as t\n"
+            "orig = t.Trainer.train_step\n"
+            "def slow(self, b):\n    time.sleep(0.3)\n    return orig(self, b)\n"
+            "t.Trainer.train_step = slow\n"  # slow the loop down so the signal lands mid-run
+            "from toremi.train.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not read_jsonl(run / "metrics.jsonl"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "interrupted by SIGTERM" in out
+    ck = checkpoint.latest(run)
+    assert ck is not None and not (run / "final").exists()
+    train(make_cfg(tiny_tokens, run, *METHOD_ARGS["toremi"]))
+    assert_same_run(reference_runs["toremi"], run)
+
+
+def test_resume_refused_on_other_data(tiny_tokens, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(tiny_tokens, run, "steps=2"))
+    other = tmp_path / "tokens"
+    shutil.copytree(tiny_tokens, other)
+    man = read_json(other / "manifest.json")
+    man["topic_names"] = man["topic_names"][:-1] + ["weather"]
+    (other / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match=r"topic set changed \(added \['weather'\], removed \['tech'\]\)"):
+        train(make_cfg(other, run, "steps=4"))
+    man["data_hash"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="data hash"):
+        train(make_cfg(other, run, "steps=4"))
+
+
+def _trainer(tokens, out, *overrides) -> Trainer:
+    return Trainer(make_cfg(tokens, out, *overrides), Dist())
+
+
+def test_nonfinite_step_is_skipped_then_training_continues(tiny_tokens, tmp_path):
+    tr = _trainer(tiny_tokens, tmp_path / "nan", "method.name=toremi")
+    p = tr.model.transformer.h[0].mlp.c_fc.weight
+    poison = {"on": False}
+    p.register_hook(lambda g: torch.full_like(g, float("nan")) if poison["on"] else g)
+    tr.train_step(tr.next_batches())
+    before = [q.detach().clone() for q in tr.model.parameters()]
+    poison["on"] = True
+    tr.train_step(tr.next_batches())
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))  # step skipped
+    assert tr.bad.tolist() == [1, 1, 1]
+    poison["on"] = False
+    tr.train_step(tr.next_batches())
+    assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    assert tr.bad.tolist() == [1, 0, 1]
+    assert torch.isfinite(tr.stat_loss).all() and tr.stat_count[:tr.K].sum() == 2 * 8  # 2 good steps
+
+
+def test_persistent_nonfinite_stops_with_checkpoint(tiny_tokens, tmp_path):
+    run = tmp_path / "bad"
+    cfg = make_cfg(tiny_tokens, run, "max_bad_steps=3", "log_every=1", "optim.lr=1e30",
+                   "optim.warmup_steps=0", "optim.grad_clip=0")
+    train(cfg)
+    info = read_json(run / "run.json")
+    assert "non-finite steps in a row" in info["status"], info["status"]
+    assert info["skipped_steps"] >= 3 and checkpoint.latest(run) is not None
+    assert not (run / "final").exists()
+
+
+def test_training_step_is_sync_free(tiny_tokens, tmp_path, monkeypatch):
+    """Count every Tensor -> host conversion during ordinary steps: there must be none."""
+    tr = _trainer(tiny_tokens, tmp_path / "sync", "method.name=toremi")
+    batches = [tr.next_batches() for _ in range(3)]
+    calls = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        orig = getattr(torch.Tensor, name)
+
+        def patched(self, *a, _orig=orig, _name=name, **k):
+            calls.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, patched)
+    for b in batches:
+        tr.train_step(b)
+    assert calls == []
+    tr.step = 2
+    from toremi.train.runlog import RunLogger
+
+    tr.update_method(RunLogger(tr, enabled=False))  # the interval update does read the stats
+    assert calls, "the counter must see the update's host reads"
+
+
+def test_hf_export_matches_and_final_dir(tiny_tokens, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from toremi.model import load_hf
+
+    run = train(make_cfg(tiny_tokens, tmp_path / "run", "steps=3", "eval_every=0"))
+    final = run / "final"
+    assert (final / "tokenizer.json").read_text() == (tiny_tokens / "tokenizer.json").read_text()
+    ours = load_hf(final).eval()
+    hf = GPT2LMHeadModel.from_pretrained(final).eval()
+    x = torch.randint(0, 512, (2, 64))
+    with torch.no_grad():
+        a, b = ours(x), hf(x).logits
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    # the checkpoint's weights are the HF export, and match the trained model exactly
+    model, state = checkpoint.load(checkpoint.latest(run))
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), ours.state_dict().values()))
+    assert state["step"] == 3 and state["method"]["weights"].shape == (5,)
+    info = read_json(run / "run.json")
+    assert info["topic_names"] == ["business", "entertainment", "politics", "sports", "tech"]
+    assert info["tokenizer"]["fingerprint"] and info["method_options"]["name"] == "uniform"
