@@ -1,0 +1,155 @@
+"""Report from logs written by a small simulation that drives the real method objects, rendered
+in headless Chromium to check that the page loads without errors and every figure decodes."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from toremi.methods import MethodConfig, build_method
+from toremi.report import main as report_main
+from toremi.report import mean_ci, steps_to_reach, summarize, load_run
+
+TOPICS = ["Business", "Sports", "Technology", "Politics"]
+NOISY = 2
+
+
+def simulate(run_dir: Path, method: MethodConfig, seed: int, tokens_dir: Path, steps: int = 240):
+    """Topics learn faster the more weight they get; Technology is noise: its loss never falls.
+    The method object sees the per-topic statistics exactly as the trainer would hand them over."""
+    K = len(TOPICS)
+    m = build_method(method, K, steps)
+    rng = np.random.default_rng(seed)
+    floor = np.array([2.0, 2.5, 5.5, 3.0])
+    exposure = np.zeros(K)
+    run_dir.mkdir(parents=True)
+    metrics, weights = [], []
+    loss_sum, count = np.zeros(K), np.zeros(K)
+    for step in range(1, steps + 1):
+        w = m.topic_weights.numpy()
+        exposure += w
+        loss = floor + 3.0 * np.exp(-exposure / 80.0)
+        loss[NOISY] = floor[NOISY] + 0.05 * rng.standard_normal()
+        n = rng.integers(5, 15, size=K).astype(float)
+        loss_sum += (loss + 0.05 * rng.standard_normal(K)) * n
+        count += n
+        if step % method.interval == 0:
+            weights.append(m.update(step, torch.tensor(loss_sum), torch.tensor(count)))
+            loss_sum[:], count[:] = 0, 0
+        if step % 10 == 0:
+            metrics.append({"step": step, "tokens": step * 512, "loss": float(loss.mean()),
+                            "lr": 1e-3, "tokens_per_s": 1000.0})
+        if step % 40 == 0:
+            metrics.append({"step": step, "tokens": step * 512,
+                            "val_loss": float(np.delete(loss, NOISY).mean())})
+    for name, recs in (("metrics.jsonl", metrics), ("weights.jsonl", weights)):
+        (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "tokens_dir": str(tokens_dir)}))
+    (run_dir / "run.json").write_text(json.dumps({
+        "method": method.name, "method_options": method.options(), "topic_names": TOPICS,
+        "status": "done", "steps_done": steps, "tokens_dir": str(tokens_dir),
+        "tokenizer": {"name": "bpe512"}, "model": {"size": "tiny"}}))
+    final = np.delete(loss, NOISY)
+    (run_dir / "eval.json").write_text(json.dumps({
+        "domains": {d: {"ppl": math.exp(final[i]), "bpb": final[i] / math.log(2) / 4}
+                    for i, d in enumerate(["news", "legal", "code"])},
+        "macro_ppl": float(np.exp(final).mean()),
+        "downstream": {"piqa": {"acc": 0.5 + 0.01 * seed, "acc_norm": 0.5, "n": 100}}}))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    tokens = root / "tokens"
+    tokens.mkdir()
+    (tokens / "manifest.json").write_text(json.dumps({"noise": {"topic": "Technology"}}))
+    methods = {"uniform": MethodConfig(name="uniform", interval=20),
+               "toremi-paper": MethodConfig(name="toremi", preset="paper", interval=20,
+                                            switch_fraction=0.5)}
+    dirs = []
+    for label, cfg in methods.items():
+        for seed in (1, 2, 3):
+            simulate(root / f"{label}-s{seed}", cfg, seed, tokens)
+            dirs.append(root / f"{label}-s{seed}")
+    return root, dirs
+
+
+def test_statistics():
+    s = mean_ci([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["ci"] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert mean_ci([5.0]) == {"mean": 5.0, "ci": None, "n": 1}
+    run = {"metrics": [{"step": 10, "val_loss": 3.0}, {"step": 20, "loss": 1.0},
+                       {"step": 30, "val_loss": 2.0}]}
+    assert steps_to_reach(run, 2.5) == 30 and steps_to_reach(run, 1.0) is None
+
+
+def test_summary_and_noise_behaviour(runs):
+    _, dirs = runs
+    loaded = [load_run(d) for d in dirs]
+    assert {r["label"] for r in loaded} == {"uniform", "toremi-paper"}
+    assert loaded[0]["noise"]["topic"] == "Technology"
+    summ = summarize(loaded)
+    tor = summ["methods"]["toremi-paper"]
+    assert tor["domains"]["news"]["n"] == 3 and tor["domains"]["news"]["ci"] is not None
+    assert summ["methods"]["uniform"]["steps_to_baseline"]["reached"] == 3
+    # In stage 2 the never-learning noisy topic gets turned down below the others.
+    w = loaded[3]["weights"][-1]
+    assert w["stage"] == 2 and w["weights"][NOISY] < min(np.delete(w["weights"], NOISY))
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    try:
+        subprocess.run("apt-get install -y -qq chromium", shell=True, check=True,
+                       capture_output=True, timeout=600,
+                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return shutil.which("chromium")
+
+
+PROBE = """<script>window.__errors=[];window.addEventListener('error',function(e){
+window.__errors.push(String(e.message||(e.target&&e.target.src)||e))},true);
+window.addEventListener('load',function(){var im=[].slice.call(document.images);
+var p=document.createElement('pre');p.id='probe';p.textContent=JSON.stringify({n:im.length,
+ok:im.filter(function(i){return i.complete&&i.naturalWidth>0}).length,
+widths:im.map(function(i){return i.naturalWidth}),errors:window.__errors,
+tables:document.querySelectorAll('table').length});document.body.appendChild(p)});</script>"""
+
+
+def test_report_renders_in_chromium(runs, tmp_path):
+    root, dirs = runs
+    out = tmp_path / "rep"
+    assert report_main(["--runs", *map(str, dirs), "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["domains.png", "loss.png", "noise.png", "topic_loss.png", "weights.png"]
+    assert page.count("<img") == len(pngs) and "src='data:image/png;base64," in page
+    assert "Technology" in page and "toremi-paper" in page and "±" in page
+    md = (out / "report.md").read_text()
+    assert "| toremi-paper | 3 |" in md
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed and `apt-get install chromium` failed")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + PROBE, 1))
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         probe.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"probe missing from the DOM; stderr: {proc.stderr[-2000:]}"
+    res = json.loads(m.group(1).replace("&quot;", '"'))
+    assert res["errors"] == []
+    assert res["n"] == len(pngs) and res["ok"] == len(pngs), res
+    assert min(res["widths"]) > 200 and res["tables"] >= 4
