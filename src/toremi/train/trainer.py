@@ -1,38 +1,30 @@
 """The training loop shared by every method, so comparisons use the same data, model and budget.
 
-Per optimizer step (``train_step``), with no host sync:
-  sample weight s_i = mean weight of sample i's topics (unlabelled: ``unlabelled_weight``);
-  per-sample loss l_i = mean CE over sample i's real target tokens;
-  loss = Σ s_i l_i / Σ s_i over the GLOBAL batch (all micro-batches and ranks; ``loss_norm=mean``
-  divides by the number of samples instead, as the authors do);
-  per-topic loss sums/counts accumulate on device with ``index_add_``;
-  a non-finite gradient norm skips the step on device (fused AdamW ``found_inf``).
-Every ``method.interval`` steps the topic statistics are all-reduced once and the method updates
-its weights / sampling probabilities (identical on every rank). Logging, evaluation and
-checkpoints are the only other places that read device values.
+The step itself (weighted loss, on-device topic statistics, NaN skip; no host sync) is in
+``step.py``. Every ``method.interval`` steps the topic statistics are all-reduced once and the
+method updates its weights / sampling probabilities, identically on every rank. Logging,
+evaluation and checkpoints are the only other places that read device values.
 """
 
 from __future__ import annotations
 
 import math
 import signal
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from toremi.data.loader import Batch, BatchLoader
 from toremi.data.shards import TokenDataset
-from toremi.io import append_jsonl, read_jsonl, atomic_write_text
+from toremi.io import atomic_write_text
 from toremi.methods import build_method, rules
-from toremi.model import GPT, GPTConfig, per_sample_loss
+from toremi.model import GPT, GPTConfig, per_sample_loss, save_hf
 from toremi.train import checkpoint
 from toremi.train.config import TrainConfig
 from toremi.train.distributed import Dist, all_reduce_sum, barrier
 from toremi.train.runlog import RunLogger
+from toremi.train.step import StepEngine
 
 
 def lr_lambda(cfg: TrainConfig, total: int):
@@ -49,8 +41,8 @@ def lr_lambda(cfg: TrainConfig, total: int):
     return f
 
 
-class Trainer:
-    ACCUMULATORS = ("stat_loss", "stat_count", "log_tloss", "log_tcount", "log_sums")
+class Trainer(StepEngine):
+    """Data, model, optimizer, method, logs and checkpoints around the step engine."""
 
     def __init__(self, cfg: TrainConfig, d: Dist):
         self.cfg, self.d, self.dev = cfg, d, d.device
@@ -73,78 +65,20 @@ class Trainer:
                                          dropout=mc.dropout, pad_vocab_to=mc.pad_vocab_to)).to(self.dev)
         o = cfg.optim
         self.opt = self.model.configure_optimizer(o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
-        self.fused = bool(self.opt.defaults.get("fused"))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
         self.method = build_method(cfg.method, self.K, self.total, self.topic_counts)
         self.loader = BatchLoader(self.ds, cfg.batch_size, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
         self.step, self.stop_reason = 0, None
-        # device accumulators: [K+1] (last slot = padding), interval stats and log-window stats
-        z = lambda: torch.zeros(self.K + 1, dtype=torch.float64, device=self.dev)
-        self.stat_loss, self.stat_count, self.log_tloss, self.log_tcount = z(), z(), z(), z()
-        self.log_sums = torch.zeros(4, dtype=torch.float64, device=self.dev)  # tok-loss, tokens, wloss, steps
-        self.bad = torch.zeros(3, dtype=torch.float64, device=self.dev)  # total skipped, run, max run
-        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if self.dev.type == "cuda" and cfg.dtype in ("auto", "bfloat16") else nullcontext())
-        self.resumed_from = self._maybe_resume()
-        self.ddp = DDP(self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None) \
-            if d.enabled else self.model
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
-        self.fwd = torch.compile(self._fwd) if use_compile else self._fwd
+        StepEngine.__init__(self, self.model, self.opt, self.sched, cfg.method, cfg.optim.grad_clip,
+                            self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"))
+        self.resumed_from = self._maybe_resume()
         self._set_weights()
 
-    # ------------------------------------------------------------------ the step
-    def _fwd(self, input_ids, labels, s, inv_norm):
-        """Forward + weighted loss; compiled as one graph when ``compile`` is on (design.md §6)."""
-        with self.amp:
-            logits = self.ddp(input_ids)
-        l, n = per_sample_loss(logits, labels)
-        return (s * l).sum() * inv_norm, l, n
-
     def _set_weights(self) -> None:
-        self.w_dev = self.method.topic_weights.to(self.dev, torch.float32)
+        self.set_weights(self.method.topic_weights)
         if self.method.uses_sampling and self.labelled:
             self.loader.set_topic_probs(self.method.sampling_probs)
-
-    def train_step(self, batches: list[Batch]) -> None:
-        """One optimizer step over ``accum`` micro-batches already on the device. Sync-free."""
-        c, unl = self.cfg, self.cfg.method.unlabelled_weight
-        s_all = [rules.sample_weights(self.w_dev, b.topic_ids, unl) * (b.labels != -100).any(1) for b in batches]
-        if c.method.loss_norm == "mean":
-            norm = torch.tensor(float(sum(len(s) for s in s_all) * self.d.world_size), device=self.dev)
-        else:
-            norm = all_reduce_sum(torch.stack([s.sum() for s in s_all]).sum(), self.d).clamp(min=1e-12)
-        inv_norm = self.d.world_size / norm  # DDP averages gradients over ranks
-        ls, ns = [], []
-        for i, (b, s) in enumerate(zip(batches, s_all)):
-            sync = self.ddp.no_sync() if self.d.enabled and i < len(batches) - 1 else nullcontext()
-            with sync:
-                loss, l, n = self.fwd(b.input_ids, b.labels, s, inv_norm)
-                loss.backward()
-            ls.append(l.detach())
-            ns.append(n)
-            self.log_sums[2] += loss.detach().double() / self.d.world_size
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip or math.inf)
-        ok = torch.isfinite(gnorm)
-        if self.fused:
-            self.opt.found_inf = (~ok).float()
-            self.opt.step()
-        elif ok:  # non-fused optimizer: the check costs one host sync
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
-        l, n = torch.cat(ls), torch.cat(ns)
-        tids = torch.cat([b.topic_ids for b in batches])
-        valid = (n > 0) & torch.isfinite(l) & ok
-        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l, tids, valid)
-        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l, tids, valid)
-        nv = n.double() * valid
-        self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
-        self.log_sums[1] += nv.sum()
-        self.log_sums[3] += 1
-        bad = (~ok).double()
-        self.bad[0] += bad
-        self.bad[1] = (self.bad[1] + 1) * bad
-        self.bad[2] = torch.maximum(self.bad[2], self.bad[1])
 
     def next_batches(self) -> list[Batch]:
         return [self.loader.next_batch().to(self.dev) for _ in range(self.cfg.accum)]
@@ -234,7 +168,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
-        c, d = self.cfg, self.d
+        d = self.d
         log = RunLogger(self, enabled=d.is_main)
         stop = {"signal": None}
         handlers = {}
@@ -295,7 +229,6 @@ class Trainer:
         self.save(log)
         if d.is_main:
             final = self.run_dir / "final"
-            from toremi.model import save_hf
             save_hf(self.model, final)
             tok = Path(c.tokens_dir) / "tokenizer.json"
             if tok.exists():

@@ -1,0 +1,99 @@
+"""The optimizer step, separate from data and logging so that benchmarks run the exact same code.
+
+Per step, with no host sync:
+  s_i = mean weight of sample i's topics (unlabelled: ``unlabelled_weight``; no targets: 0);
+  l_i = mean CE over sample i's real target tokens;
+  loss = Σ s_i l_i / Σ s_i over the GLOBAL batch: the normaliser is summed over micro-batches and
+  all-reduced over ranks before the forward passes (one scalar all-reduce, no host read).
+  ``loss_norm=mean`` (authors) divides by the number of samples instead, which scales the
+  effective learning rate by mean(s);
+  per-topic loss sums/counts accumulate on device with ``index_add_``;
+  a non-finite gradient norm skips the update on device (fused AdamW's ``found_inf``) and is
+  counted, also on device.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from toremi.data.loader import Batch
+from toremi.methods import MethodConfig, rules
+from toremi.model import GPT, per_sample_loss
+from toremi.train.distributed import Dist, all_reduce_sum
+
+
+class StepEngine:
+    ACCUMULATORS = ("stat_loss", "stat_count", "log_tloss", "log_tcount", "log_sums")
+
+    def __init__(self, model: GPT, opt: torch.optim.Optimizer, sched, method_cfg: MethodConfig,
+                 grad_clip: float, num_topics: int, d: Dist, compile: bool = False, bf16: bool = True):
+        self.model, self.opt, self.sched, self.mcfg, self.grad_clip = model, opt, sched, method_cfg, grad_clip
+        self.K, self.d, self.dev = num_topics, d, d.device
+        self.fused = bool(opt.defaults.get("fused"))
+        # device accumulators: [K+1] (last slot = padding), interval stats and log-window stats
+        z = lambda: torch.zeros(self.K + 1, dtype=torch.float64, device=self.dev)
+        self.stat_loss, self.stat_count, self.log_tloss, self.log_tcount = z(), z(), z(), z()
+        self.log_sums = torch.zeros(4, dtype=torch.float64, device=self.dev)  # tok-loss, tokens, wloss, steps
+        self.bad = torch.zeros(3, dtype=torch.float64, device=self.dev)  # skipped total, run, max run
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.dev.type == "cuda" and bf16
+                    else nullcontext())
+        self.ddp = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None) \
+            if d.enabled else model
+        self.fwd = torch.compile(self._fwd) if compile else self._fwd
+        self.set_weights(torch.ones(self.K, dtype=torch.float64))
+
+    def _fwd(self, input_ids, labels, s, inv_norm):
+        """Forward + weighted loss; compiled as one graph when ``compile`` is on (design.md §6)."""
+        with self.amp:
+            logits = self.ddp(input_ids)
+        l, n = per_sample_loss(logits, labels)
+        return (s * l).sum() * inv_norm, l, n
+
+    def set_weights(self, topic_weights: torch.Tensor) -> None:
+        self.w_dev = topic_weights.to(self.dev, torch.float32)
+
+    def train_step(self, batches: list[Batch]) -> None:
+        """One optimizer step over micro-batches already on the device."""
+        unl, world = self.mcfg.unlabelled_weight, self.d.world_size
+        s_all = [rules.sample_weights(self.w_dev, b.topic_ids, unl) * (b.labels != -100).any(1)
+                 for b in batches]
+        if self.mcfg.loss_norm == "mean":
+            inv_norm = 1.0 / sum(len(s) for s in s_all)  # x world / (N x world): DDP averages ranks
+        else:
+            inv_norm = world / all_reduce_sum(torch.stack([s.sum() for s in s_all]).sum(), self.d).clamp(min=1e-12)
+        ls, ns = [], []
+        for i, (b, s) in enumerate(zip(batches, s_all)):
+            sync = self.ddp.no_sync() if self.d.enabled and i < len(batches) - 1 else nullcontext()
+            with sync:
+                loss, l, n = self.fwd(b.input_ids, b.labels, s, inv_norm)
+                loss.backward()
+            ls.append(l.detach())
+            ns.append(n)
+            self.log_sums[2] += loss.detach().double() / world
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+        ok = torch.isfinite(gnorm)
+        if self.fused:
+            self.opt.found_inf = (~ok).float()
+            self.opt.step()
+        elif ok:  # non-fused optimizer: this check costs one host sync
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.sched is not None:
+            self.sched.step()
+        l, n = torch.cat(ls), torch.cat(ns)
+        tids = torch.cat([b.topic_ids for b in batches])
+        valid = (n > 0) & torch.isfinite(l) & ok
+        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l, tids, valid)
+        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l, tids, valid)
+        nv = n.double() * valid
+        self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
+        self.log_sums[1] += nv.sum()
+        self.log_sums[3] += 1
+        bad = (~ok).double()
+        self.bad[0] += bad
+        self.bad[1] = (self.bad[1] + 1) * bad
+        self.bad[2] = torch.maximum(self.bad[2], self.bad[1])
