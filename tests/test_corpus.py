@@ -213,3 +213,17 @@ def test_small_real_build_and_cli(tmp_path, capsys):
                         "--domains", ",".join(domains)]) == 0
     assert os.stat(shard).st_mtime_ns == before
     assert "TOTAL" in capsys.readouterr().out
+
+
+def test_ingest_parquet_and_hf_dataset_give_the_same_corpus(tmp_path):
+    import pyarrow as pa
+
+    recs = corpus_records(per_domain=12)
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "in.parquet")
+    m_pq = ingest(IngestOptions(input=str(tmp_path / "in.parquet")), cfg(tmp_path / "p"), show=False)
+    assert m_pq["ingest"]["format"] == "parquet" and set(m_pq["domains"]) == {"alpha", "beta"}
+    datasets = pytest.importorskip("datasets", reason="HF ingest needs the `hf` extra")
+    datasets.Dataset.from_list(recs).save_to_disk(str(tmp_path / "hfds"))
+    m_hf = ingest(IngestOptions(input=str(tmp_path / "hfds")), cfg(tmp_path / "h"), show=False)
+    assert m_hf["ingest"]["format"] == "hf"
+    assert [s["sha256"] for s in m_hf["shards"]] == [s["sha256"] for s in m_pq["shards"]]
