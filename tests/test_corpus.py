@@ -227,3 +227,13 @@ def test_ingest_parquet_and_hf_dataset_give_the_same_corpus(tmp_path):
     m_hf = ingest(IngestOptions(input=str(tmp_path / "hfds")), cfg(tmp_path / "h"), show=False)
     assert m_hf["ingest"]["format"] == "hf"
     assert [s["sha256"] for s in m_hf["shards"]] == [s["sha256"] for s in m_pq["shards"]]
+
+
+def test_rebuild_with_fewer_domains_prunes_the_others(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", corpus_records(per_domain=10))
+    ingest(IngestOptions(input=str(src)), cfg(tmp_path / "c"), show=False)
+    write_jsonl(src, [r for r in corpus_records(per_domain=10) if r["domain"] == "beta"])
+    m = ingest(IngestOptions(input=str(src)), cfg(tmp_path / "c"), show=False)
+    assert list(m["domains"]) == ["beta"]
+    assert {p.parent.name for sp in ("train", "heldout") for p in iter_shards(tmp_path / "c", sp)} == {"beta"}
+    assert not (tmp_path / "c" / "documents" / "alpha.done").exists()

@@ -213,6 +213,9 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
                         "sources": len(set(rows["source"])),
                         "labels": len({x for x in rows["label"] if x is not None})}
         shards += write_split(out, split, domain, rows, cfg.shard_docs)
+    if kept and not held.any():
+        print(f"warning: domain {domain!r} has a single source unit ({kept[0]['source']!r}), so "
+              f"nothing could be held out without splitting it", file=sys.stderr)
     info = {"domain": domain, "fingerprint": fingerprint, "label_kind": label_kind, **stats,
             "counts": counts, "shards": shards, "seconds": round(time.time() - t0, 2)}
     mark_done(domain_marker(out, domain), info)
@@ -232,7 +235,26 @@ def versions() -> dict:
     return out
 
 
+def prune(out: Path, keep: Iterable[str]) -> list[str]:
+    """Delete domains left in ``out`` by an earlier build that this one does not contain, so that
+    readers globbing ``documents/*/`` see exactly the manifest's domains."""
+    import shutil
+
+    keep = set(keep)
+    gone = []
+    for split_dir in SPLIT_DIRS.values():
+        for folder in sorted((out / split_dir).glob("*")):
+            name = folder.name[:-len(".done")] if folder.name.endswith(".done") else folder.name
+            if name not in keep and (folder.is_dir() or folder.name.endswith(".done")):
+                shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+                gone.append(name)
+    return sorted(set(gone))
+
+
 def write_manifest(out: Path, infos: dict[str, dict], config: dict, extra: dict | None = None) -> dict:
+    gone = prune(out, infos)
+    if gone:
+        print(f"removed domains of an earlier build that this one does not include: {gone}")
     total: dict[str, Any] = {}
     for info in infos.values():
         for k, v in info["counts"].items():
@@ -314,7 +336,7 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
     bar = tqdm(cfg.domains, desc="corpus", unit="domain", disable=not show)
     for domain in bar:
         bar.set_postfix_str(domain)
-        fp = cfg.fingerprint(domain)
+        fp = cfg.fingerprint(domain, DOMAINS[domain].version)
         info = finished(out, domain, fp)
         if info is None:
             info = process_domain(out, domain, read_domain(domain, cfg.seed), cfg, tokenizer,
