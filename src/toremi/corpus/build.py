@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -194,7 +195,7 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
     counts["kept"] = len(kept)
     ids = [d["id"] for d in kept]
     if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        dup = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"domain {domain!r}: document ids are not unique (e.g. {dup}); give each "
                          f"document its own id")
     sizes = np.array([len(d["text"].encode("utf-8")) for d in kept], dtype=np.float64)
