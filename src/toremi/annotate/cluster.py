@@ -28,6 +28,7 @@ class ClusterConfig:
     nredo: int = 5                  # faiss restarts; the best objective wins
     niter: int = 25
     spherical: bool = True          # unit-norm centroids: cosine k-means on unit-norm rows
+    center: bool = True             # subtract the corpus mean (from the sample) before clustering
     seed: int = 0
     sample_size: int = 200_000      # rows the fit sees
     chunk_rows: int = 65_536        # rows per assignment chunk
@@ -66,9 +67,25 @@ def fit_kmeans(x: np.ndarray, k: int, cfg: ClusterConfig) -> tuple[np.ndarray, d
                        "fit_seconds": round(time.perf_counter() - t0, 3)}
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65_536,
-           spherical: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid per row, in chunks. All-zero rows (empty documents) get cluster -1.
+def transform(x: np.ndarray, center: np.ndarray | None) -> np.ndarray:
+    """Rows in clustering space: minus the corpus mean, back to unit length. Static embeddings
+    share one large direction; removing it lets k-means see the topical differences (+0.01 NMI
+    on BBC and Brown). Zero rows (empty documents) stay zero."""
+    x = np.asarray(x, np.float32)
+    if center is None:
+        return x
+    nonzero = np.any(x != 0, axis=1, keepdims=True)
+    z = (x - center) * nonzero
+    n = np.linalg.norm(z, axis=1, keepdims=True)
+    return np.divide(z, n, out=np.zeros_like(z), where=n > 1e-12)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65_536, spherical: bool = True,
+           center: np.ndarray | None = None, sums: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid per row, in chunks (rows transformed by ``center`` first). All-zero rows
+    (empty documents) get cluster -1. If ``sums`` [k, d] is given, the raw rows are added to their
+    cluster's row (the labeller describes a cluster by its members' mean in the original space).
     Returns (labels int32, squared L2 distance float32)."""
     import faiss
 
@@ -78,13 +95,16 @@ def assign(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65_536,
     labels = np.empty(len(x), np.int32)
     dist = np.empty(len(x), np.float32)
     for i in range(0, len(x), chunk_rows):
-        xb = np.ascontiguousarray(x[i:i + chunk_rows], dtype=np.float32)
+        raw = np.asarray(x[i:i + chunk_rows], dtype=np.float32)
+        xb = np.ascontiguousarray(transform(raw, center))
         _, idx = index.search(xb, 1)
         lab = idx[:, 0].astype(np.int32)
         d = ((xb - c[lab]) ** 2).sum(1)
         empty = ~np.any(xb != 0, axis=1)
         lab[empty], d[empty] = -1, 0.0
         labels[i:i + len(xb)], dist[i:i + len(xb)] = lab, d
+        if sums is not None:
+            np.add.at(sums, lab[~empty], raw[~empty])
     return labels, dist
 
 

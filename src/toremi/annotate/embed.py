@@ -24,9 +24,9 @@ from toremi.io import atomic_path, done_marker, mark_done, read_json, sha256_fil
 class EmbedConfig:
     backend: Literal["wordllama", "sentence-transformers"] = "wordllama"
     model: str = ""             # s-t: folder or name ("" = shipped all-MiniLM-L6-v2)
-    batch_size: int = 64
+    batch_size: int = 32
     mode: Literal["truncate", "chunk"] = "truncate"
-    max_tokens: int = 2048      # truncate: tokens kept (wordllama: 2048; s-t: model limit, <= 256 kept)
+    max_tokens: int = 4096      # truncate: tokens kept (s-t: capped at the model limit)
     max_chars: int = 0          # truncate: characters kept before tokenizing (0 = all)
     chunk_chars: int = 2000     # chunk: characters per chunk, split on whitespace
     max_chunks: int = 16        # chunk: at most this many chunks per document (evenly spread)

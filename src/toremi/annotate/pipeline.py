@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from toremi.annotate.cluster import ClusterConfig, assign, cluster_stats, default_k, fit_kmeans, sample_rows
+from toremi.annotate.cluster import (ClusterConfig, assign, cluster_stats, default_k, fit_kmeans, sample_rows,
+                                     transform)
 from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_shard, make_embedder, save_npy, shard_valid
 from toremi.annotate.keywords import KeywordsConfig, count_shard, ctfidf_top, load_stop_words, merge_counts
 from toremi.annotate.label import SimilarityConfig, SimilarityLabeller, TopicSet
@@ -77,10 +78,16 @@ def embed_map(item: dict) -> dict:
 def assign_map(item: dict) -> dict:
     out, emb = Path(item["out"]), np.load(item["emb"], mmap_mode="r")
     expect = {"centroids": item["centroids_sha"], "embeddings": item["emb_sha"]}
-    if not shard_valid(out, len(emb), expect):
-        labels, _ = assign(emb, np.load(item["centroids"]), item["chunk_rows"], item["spherical"])
+    center = np.load(item["center"]) if item["center"] else None
+    if shard_valid(out, len(emb), expect):  # member sums are cheap to redo; labels are kept
+        labels = np.load(out)
+        sums = np.zeros((item["k"], emb.shape[1]), np.float64)
+        np.add.at(sums, labels[labels >= 0], np.asarray(emb[labels >= 0], np.float64))
+    else:
+        sums = np.zeros((item["k"], emb.shape[1]), np.float64)
+        labels, _ = assign(emb, np.load(item["centroids"]), item["chunk_rows"], item["spherical"], center, sums)
         save_npy(out, labels, expect)
-    return {"out": str(out), "sizes": np.bincount(np.load(out) + 1, minlength=item["k"] + 1).tolist()}
+    return {"out": str(out), "sizes": np.bincount(labels + 1, minlength=item["k"] + 1).tolist(), "sums": sums}
 
 
 def count_map(item: dict) -> dict:
@@ -184,16 +191,22 @@ class Annotator:
             sample = sample_rows(arrays, cfg.sample_size, cfg.seed)
             n_nonempty = sum(int(np.any(a != 0, axis=1).sum()) for a in arrays)
             k = cfg.k or default_k(n_nonempty)
-            centroids, fit_info = fit_kmeans(sample, k, cfg)
+            center = sample.mean(0) if cfg.center else np.zeros(sample.shape[1], np.float32)
+            centroids, fit_info = fit_kmeans(transform(sample, center), k, cfg)
+            save_npy(cpath.with_name("center.npy"), center.astype(np.float32)[None], fit_key)
             save_npy(cpath, centroids, fit_key)
         centroids_sha = sha256_file(cpath)
         k = len(np.load(cpath))
         items = [{"emb": str(e), "emb_sha": sh, "out": str(self._p("clusters", s, ".npy")),
                   "centroids": str(cpath), "centroids_sha": centroids_sha, "k": k,
+                  "center": str(cpath.with_name("center.npy")) if cfg.center else "",
                   "chunk_rows": cfg.chunk_rows, "spherical": cfg.spherical and cfg.backend == "faiss"}
                  for s, e, sh in zip(self.shards, emb_paths, emb_shas)]
         res = self.engine.map(assign_map, items, "assign")
         sizes = np.sum([r["sizes"] for r in res], axis=0)
+        sums = np.sum([r["sums"] for r in res], axis=0)
+        means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        save_npy(cpath.with_name("member_means.npy"), means.astype(np.float32), {"centroids": centroids_sha})
         labels = np.repeat(np.arange(-1, k), sizes).astype(np.int32)  # only for the stats
         stats = cluster_stats(labels, k)
         atomic_write_json(self.out / "clusters" / "stats.json", stats)
@@ -243,7 +256,7 @@ class Annotator:
         lab_paths = self._label_paths()
         if not (self.out / "keywords.json").exists():
             raise FileNotFoundError("keywords.json missing; run `toremi annotate keywords` first")
-        centroids = np.load(self.out / "clusters" / "centroids.npy")
+        centroids = np.load(self.out / "clusters" / "member_means.npy")  # original embedding space
         kw = {int(c): v for c, v in read_json(self.out / "keywords.json").items()}
         sizes = read_json(self.out / "clusters" / "stats.json")["sizes"]
         topics = TopicSet.load(self.cfg.label.topics or None)
