@@ -15,15 +15,16 @@ import os
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(prog="toremi annotate", description=__doc__,
+    ap = argparse.ArgumentParser(prog="toremi annotate [embed|cluster|keywords|label|all]", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", nargs="?", default="all", choices=["embed", "cluster", "keywords", "label", "all"])
     ap.add_argument("--corpus", required=True, help="corpus_dir with documents/<domain>/shard-*.parquet")
     ap.add_argument("--out", default=None, help="annotation dir (default <corpus>/annotations)")
     ap.add_argument("--config", default=None, help="YAML file with AnnotateConfig fields")
     ap.add_argument("--engine", choices=["local", "ray"], default=None)
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = ap.parse_args(argv)
+    argv = list(argv or [])
+    step = argv.pop(0) if argv and argv[0] in ("embed", "cluster", "keywords", "label", "all") else "all"
+    args = ap.parse_intermixed_args(argv)
 
     from toremi.annotate.pipeline import STEPS, AnnotateConfig, Annotator, summary_table
     from toremi.config import load_config
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"toremi annotate: {exc}")
         return 2
-    steps = STEPS if args.step == "all" else (args.step,)
+    steps = STEPS if step == "all" else (step,)
     for step in steps:
         try:
             info = getattr(ann, step)()

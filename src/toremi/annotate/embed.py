@@ -139,11 +139,14 @@ def _chunks(text: str, size: int, max_chunks: int) -> list[str]:
 
 def embed_texts(embedder: Embedder, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
     """Embed documents with truncation or chunk-averaging; returns [N, dim] float32, unit rows."""
-    texts = [t if isinstance(t, str) else "" for t in texts]
+    texts = [t if isinstance(t, str) and t.strip() else "" for t in texts]
+    blank = np.array([not t for t in texts], bool)
     if cfg.mode == "truncate":
         if cfg.max_chars:
             texts = [t[:cfg.max_chars] for t in texts]
-        return embedder.encode(texts)
+        out = embedder.encode(texts)
+        out[blank] = 0.0  # no text, no vector: such documents get no cluster and no topics
+        return out
     pieces = [_chunks(t, cfg.chunk_chars, cfg.max_chunks) for t in texts]
     owner = np.repeat(np.arange(len(texts)), [len(p) for p in pieces])
     flat = [c for p in pieces for c in p]
@@ -151,6 +154,7 @@ def embed_texts(embedder: Embedder, texts: list[str], cfg: EmbedConfig) -> np.nd
     emb = embedder.encode(flat) * weight
     summed = np.zeros((len(texts), emb.shape[1]), np.float32)
     np.add.at(summed, owner, emb)
+    summed[blank] = 0.0
     return _normalise(summed)
 
 
