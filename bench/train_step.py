@@ -1,0 +1,220 @@
+"""Step-time benchmark of the reweighting engine: same model, same process, interleaved steps.
+
+Variants (one model and optimizer, so only the loss/statistics code differs):
+  plain     standard LM step: mean token CE, no topic machinery (what a non-reweighting trainer does)
+  uniform   toremi's StepEngine with all weights 1 (the `uniform` method)
+  toremi    StepEngine with non-trivial topic weights (K topics)
+  toremi10k StepEngine with K=10,000 topics
+  authors   the authors' per-sample Python loop (loss / padded length, a .item() per sample)
+Plus the amortised cost of a K=10,000 ToReMi update (every 100 steps) as % of a step.
+
+CPU default: python bench/train_step.py            (median of --steps timed steps per variant)
+GPU:         bash bench/gpu_train.sh               (GPT-2 124M, T=1024, bf16, compiled, fused AdamW)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from toremi.data.loader import Batch  # noqa: E402
+from toremi.methods import MethodConfig, build_method  # noqa: E402
+from toremi.model import GPT, GPTConfig  # noqa: E402
+from toremi.train.distributed import Dist, resolve_device  # noqa: E402
+from toremi.train.step import StepEngine  # noqa: E402
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def synthetic_batches(n, b, t, vocab, k, max_topics, device, seed=0):
+    """Random tokens; 1..max_topics random topics per sample; a few unlabelled; some padding."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (b, t + 1), generator=g)
+        labels = ids[:, 1:].clone()
+        labels[0, t // 2:] = -100  # one short sequence
+        topics = torch.randint(0, k, (b, max_topics), generator=g)
+        ntop = torch.randint(0, max_topics + 1, (b,), generator=g)
+        topics[torch.arange(max_topics)[None, :] >= ntop[:, None]] = -1
+        out.append(Batch(ids[:, :-1], labels, topics, torch.zeros(b, dtype=torch.long),
+                         torch.arange(b)).to(device))
+    return out
+
+
+def plain_step(model, opt, fwd, batch, clip):
+    loss = fwd(batch.input_ids, batch.labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def authors_step(model, opt, batch, weights: list[float], stats: dict, amp, clip):
+    """Re-implementation of the authors' loss: a Python loop over samples, host syncs per sample,
+    loss divided by the padded length, unlabelled samples weight 0, mean (not weighted mean)."""
+    with amp:
+        logits = model(batch.input_ids)
+    b, t = batch.labels.shape
+    ce = F.cross_entropy(logits.float().view(b * t, -1), batch.labels.view(-1), ignore_index=-100,
+                         reduction="none").view(b, t)
+    losses = []
+    for i in range(b):
+        li = ce[i].sum() / t
+        topics = [x for x in batch.topic_ids[i].tolist() if x >= 0]
+        w = sum(weights[x] for x in topics) / len(topics) if topics else 0.0
+        for x in topics:
+            stats.setdefault(x, []).append(li.item())
+        losses.append(w * li)
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def update_cost_ms(k: int, device, reps: int = 20) -> dict:
+    """One interval update at K topics: read the stats, apply the rule, weights back to device."""
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for preset in ("paper", "authors"):
+        m = build_method(MethodConfig(name="toremi", preset=preset, interval=100), k, 10_000)
+        cnt = torch.randint(0, 5, (k,), generator=g).double().to(device)
+        ls = (cnt * (3 + torch.rand(k, generator=g, dtype=torch.float64)).to(device))
+        times = []
+        for _ in range(reps):
+            times.append(timed(lambda: m.update(100, ls, cnt) and m.topic_weights.to(device, torch.float32),
+                               device))
+        out[preset] = statistics.median(times) * 1e3
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="small-cpu")
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--topics", type=int, default=41)
+    ap.add_argument("--steps", type=int, default=11, help="timed steps per variant (median)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--variants", default="plain,uniform,toremi,toremi10k,authors")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak for MFU (auto on H100/H200/A100)")
+    ap.add_argument("--json", default="out/bench/train_step.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (CPU check of this script)")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.model, a.seq, a.batch, a.vocab, a.steps, a.warmup = "tiny", 32, 4, 512, 5, 1
+    device = resolve_device(a.device)
+    compile_ = a.compile == "on" or (a.compile == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.named(a.model, a.vocab, a.seq)).to(device)
+    opt = model.configure_optimizer(6e-4, 0.1)
+    d = Dist(device=device)
+    variants = a.variants.split(",")
+    bf16 = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+
+    engines, batches, steps = {}, {}, {}
+    batches["k"] = synthetic_batches(4, a.batch, a.seq, a.vocab, a.topics, 3, device)
+    batches["10k"] = synthetic_batches(4, a.batch, a.seq, a.vocab, 10_000, 3, device, seed=1)
+    cfg_u, cfg_t = MethodConfig(name="uniform"), MethodConfig(name="toremi")
+    if "uniform" in variants:
+        engines["uniform"] = StepEngine(model, opt, None, cfg_u, 1.0, a.topics, d, compile_, bf16)
+        steps["uniform"] = lambda i: engines["uniform"].train_step([batches["k"][i % 4]])
+    shared_fwd = lambda e: setattr(e, "fwd", engines["uniform"].fwd) if "uniform" in engines else None
+    if "toremi" in variants:  # same model => same compiled forward+loss graph: compile it once
+        e = engines["toremi"] = StepEngine(model, opt, None, cfg_t, 1.0, a.topics, d, compile_, bf16)
+        shared_fwd(e)
+        e.set_weights(0.1 + 4.9 * torch.rand(a.topics, dtype=torch.float64))
+        steps["toremi"] = lambda i: engines["toremi"].train_step([batches["k"][i % 4]])
+    if "toremi10k" in variants:
+        e = engines["toremi10k"] = StepEngine(model, opt, None, cfg_t, 1.0, 10_000, d, compile_, bf16)
+        shared_fwd(e)
+        e.set_weights(0.1 + 4.9 * torch.rand(10_000, dtype=torch.float64))
+        steps["toremi10k"] = lambda i: engines["toremi10k"].train_step([batches["10k"][i % 4]])
+    if "plain" in variants:
+        def fwd(x, y):
+            with amp:
+                logits = model(x)
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        pfwd = torch.compile(fwd) if compile_ else fwd
+        steps["plain"] = lambda i: plain_step(model, opt, pfwd, batches["k"][i % 4], 1.0)
+    if "authors" in variants:
+        w, stats = (0.1 + 4.9 * torch.rand(a.topics)).tolist(), {}
+        steps["authors"] = lambda i: authors_step(model, opt, batches["k"][i % 4], w, stats, amp, 1.0)
+
+    print(f"device={device} model={a.model} params={model.num_params() / 1e6:.1f}M T={a.seq} B={a.batch} "
+          f"vocab={a.vocab}->{model.config.padded_vocab} compile={compile_} topics={a.topics}", flush=True)
+    for name, fn in steps.items():  # warm-up (and compilation)
+        t0 = time.perf_counter()
+        for i in range(a.warmup):
+            timed(lambda: fn(i), device)
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f}s", flush=True)
+    times = {name: [] for name in steps}
+    for i in range(a.steps):  # interleaved, so machine-load drift hits every variant alike
+        for name, fn in steps.items():
+            times[name].append(timed(lambda: fn(i), device))
+    tokens = a.batch * a.seq
+    peak = a.peak_tflops * 1e12 or next((v for k, v in PEAK_BF16.items()
+                                         if device.type == "cuda" and k in torch.cuda.get_device_name()), 0)
+    res = {"config": vars(a) | {"device": str(device), "compile": compile_, "params": model.num_params()},
+           "variants": {}}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        tps = tokens / med
+        mfu = model.flops_per_token(a.seq) * tps / peak if peak else None
+        res["variants"][name] = {"median_ms": med * 1e3, "min_ms": min(ts) * 1e3, "tokens_per_s": tps, "mfu": mfu,
+                                 "all_ms": [round(x * 1e3, 3) for x in ts]}
+        print(f"{name:>10}: {med * 1e3:9.2f} ms/step  {tps:12,.0f} tokens/s" +
+              (f"  MFU {mfu * 100:5.1f}%" if mfu else ""), flush=True)
+    v = res["variants"]
+    ratios = {}
+    for num, den in (("toremi", "uniform"), ("toremi", "plain"), ("uniform", "plain"),
+                     ("toremi10k", "toremi"), ("authors", "toremi")):
+        if num in v and den in v:
+            ratios[f"{num}/{den}"] = v[num]["median_ms"] / v[den]["median_ms"]
+            ratios[f"{num}/{den} (min)"] = v[num]["min_ms"] / v[den]["min_ms"]
+            print(f"  step-time ratio {num}/{den}: {ratios[f'{num}/{den}']:.3f} (median), "
+                  f"{ratios[f'{num}/{den} (min)']:.3f} (min)")
+    upd = update_cost_ms(10_000, device)
+    res["update_10k_ms"] = upd
+    ref = v.get("toremi10k", v.get("toremi", next(iter(v.values()))))["median_ms"]
+    res["update_10k_amortised_pct"] = {k: ms / 100 / ref * 100 for k, ms in upd.items()}
+    for k, ms in upd.items():
+        print(f"  K=10,000 update ({k} rule): {ms:.2f} ms, every 100 steps = "
+              f"{res['update_10k_amortised_pct'][k]:.3f}% of a step")
+    res["ratios"] = ratios
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
