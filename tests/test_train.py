@@ -202,3 +202,25 @@ def test_hf_export_matches_and_final_dir(tiny_tokens, tmp_path):
     info = read_json(run / "run.json")
     assert info["topic_names"] == ["business", "entertainment", "politics", "sports", "tech"]
     assert info["tokenizer"]["fingerprint"] and info["method_options"]["name"] == "uniform"
+
+
+def test_cli_unlabelled_tokens_warn_and_train(tiny_corpus, tmp_path, capsys):
+    """Tokens prepared without topic attributes: a warning, every sample weighs 1, training runs."""
+    from toremi.prepare import PrepareConfig, prepare
+    from toremi.train.cli import main
+
+    tokens = prepare(PrepareConfig(corpus=tiny_corpus, out=tmp_path / "tok", tokenizer="bpe:512",
+                                   seq_len=64, topics_from="none", bpe_train_mb=0.3))
+    run = tmp_path / "run"
+    rc = main(["--tokens", str(tokens), "--out", str(run), "method=toremi-sampling", "steps=3",
+               "batch_size=2", "progress=false", "method.interval=1", "eval_batches=1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "has no topic labels" in out
+    info = read_json(run / "run.json")
+    assert info["labelled"] is False and info["status"] == "done" and info["warnings"]
+    assert info["method_options"]["name"] == "toremi-sampling"
+    m = read_jsonl(run / "metrics.jsonl")
+    assert m[-1]["step"] == 3 and m[-2]["loss"] is not None
+    cfg = load_config(TrainConfig, run / "config.yaml")  # the saved config loads back
+    assert cfg.method.name == "toremi-sampling" and cfg.method.tau == float("inf")

@@ -44,6 +44,8 @@ def test_two_ranks_hold_identical_weights(tiny_tokens, tmp_path):
     assert all(sum(1 for _ in r["topic_count"]) == 5 for r in w)
     assert all(sum(r["topic_count"]) >= 2 * 2 * 4 * 2 for r in w)
     assert any(x != 1.0 for x in w[-1]["weights"])
+    m = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert all(abs(r["weighted_loss"] / r["loss"] - 1) < 0.2 for r in m)  # global, not x world
     info = read_json(out / "run.json")
     assert info["world_size"] == 2 and info["status"] == "done"
     assert (out / "final" / "model.safetensors").exists()

@@ -137,6 +137,7 @@ class RunLogger:
         if not self.enabled:
             return bad
         tok_loss, toks, wloss, nsteps = sums[:4].tolist()
+        nsteps /= t.d.world_size  # every rank counted the same steps
         tl, tc = sums[4:4 + t.K], sums[4 + k1:4 + k1 + t.K]
         rec = {"step": step, "tokens": step * t.tokens_per_step,
                "loss": tok_loss / toks if toks else None,
