@@ -171,7 +171,7 @@ def test_mismatched_tokenizer_is_refused(setup, tmp_path):
     for f in setup["model_dir"].iterdir():
         (run / "final" / f.name).write_bytes(f.read_bytes())
     (run / "run.json").write_text(json.dumps({"tokenizer": {"fingerprint": "0" * 16}}))
-    rc = eval_main(["--run", str(run), "--corpus", str(setup["corpus"]), "--piqa", "none"])
+    rc = eval_main(["--run", str(run), "--corpus", str(setup["corpus"]), "downstream=[]"])
     assert rc == 2 and not (run / "eval.json").exists()
 
 

@@ -35,8 +35,9 @@ class EvalConfig:
     tokenizer: str | None = None  # default: tokenizer.json beside the weights; "gpt2" allowed
     corpus: str | None = None  # corpus dir with eval/<domain>/*.parquet
     domains: list[str] = field(default_factory=list)  # empty = every held-out domain
-    piqa: str | None = None  # default ../shared/data/piqa beside the checkout; "none" = skip
-    tasks: list[ClassifyTask] = field(default_factory=default_tasks)
+    piqa: str | None = None  # PIQA folder; default ../shared/data/piqa beside the checkout
+    tasks: list[ClassifyTask] = field(default_factory=default_tasks)  # label classification
+    downstream: list[str] = field(default_factory=lambda: ["piqa", "bbc_topic", "brown_genre"])
     max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
     max_tokens: int | None = None  # stop a domain's perplexity after this many tokens
     max_items: int | None = None  # PIQA items (fixed-seed subset)
@@ -53,9 +54,9 @@ class EvalConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def piqa_dir(spec: str | None) -> Path | None:
+def piqa_dir(spec: str | None) -> Path:
     if spec is not None:
-        return None if spec.lower() == "none" else Path(spec)
+        return Path(spec)
     for base in (REPO, Path.cwd()):
         cand = (base / ".." / "shared" / "data" / "piqa").resolve()
         if cand.exists():
@@ -105,14 +106,16 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         result["macro_ppl"] = float(math.fsum(ppls) / len(ppls))
 
     pdir = piqa_dir(cfg.piqa)
-    if pdir is None:
-        skip("piqa", "disabled (piqa=none)")
+    if "piqa" not in cfg.downstream:
+        pass
     elif not (pdir / "valid.jsonl").exists():
         skip("piqa", f"{pdir} has no valid.jsonl (PIQA lives in ../shared/data/piqa; "
                      f"pass --piqa DIR)")
     else:
         result["downstream"]["piqa"] = piqa(lm, pdir, cfg.max_items, cfg.batch_size)
     for task in cfg.tasks:
+        if task.name not in cfg.downstream:
+            continue
         if task.domain not in available:
             skip(task.name, f"held-out domain {task.domain!r} not in the corpus")
             continue

@@ -1,0 +1,213 @@
+"""``toremi experiment --config configs/X.yaml``: methods x seeds on the same data, evaluated and
+tabulated.
+
+Every run trains on the same prepared tokens with the same token budget (the shared ``train``
+section; a method may not change steps/tokens/batch), so differences come from the method alone.
+Finished runs (``final/`` written and run.json status ``done``) are skipped, unfinished ones
+resume from their last checkpoint, evaluations are redone only when missing or older than the
+model, so rerunning the command after an interruption continues where it stopped.
+
+Optionally the config names pipeline stages to run first (``pipeline.corpus``, ``annotate``,
+``noise``, ``prepare``); each is just a call of that stage's function with the given settings.
+Writes ``<out>/results.json``, ``<out>/results.md`` and (``report: true``) ``<out>/report/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toremi.config import ConfigError, from_dict, load_config, to_dict
+from toremi.io import atomic_write_json, atomic_write_text, read_json
+
+BUDGET_KEYS = ("steps", "tokens", "batch_size", "accum", "tokens_dir", "out", "seed")
+
+
+@dataclass
+class MethodSpec:
+    name: str  # label used in tables, e.g. toremi-authors
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides ("method.preset": ...)
+
+
+@dataclass
+class PipelineConfig:
+    corpus: dict[str, Any] | None = None  # CorpusConfig fields -> toremi.corpus.build.build
+    annotate: dict[str, Any] | None = None  # AnnotateConfig fields -> Annotator(...).run()
+    noise: dict[str, Any] | None = None  # NoiseConfig fields (corpus/out filled in) -> make_noise
+    prepare: dict[str, Any] | None = None  # PrepareConfig fields (corpus filled in) -> prepare
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    out: str = "runs/experiment"
+    tokens: str | None = None  # prepared tokens dir; default pipeline.prepare.out
+    corpus: str | None = None  # corpus with eval/ for `toremi eval`; default pipeline corpus
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    methods: list[MethodSpec] = field(default_factory=list)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields shared by every run
+    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (max_docs, piqa, ...)
+    evaluate: bool = True
+    baseline: str = "uniform"  # method label for "steps to reach its final val loss"
+    noise_topic: str | None = None  # default: pipeline.noise.topic
+    report: bool = True
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ConfigError("methods: list at least one {name, train} entry")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"methods: duplicate names in {names}")
+        for m in self.methods:
+            bad = [k for k in flat(m.train) if k.split(".")[0] in BUDGET_KEYS]
+            if bad:
+                raise ConfigError(f"methods[{m.name}].train sets {bad}: the token budget, data and "
+                                  f"seed are shared by every method (set them in `train`/`seeds`)")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def nest(d: dict) -> dict:
+    """{"method.preset": "x"} -> {"method": {"preset": "x"}} (dotted keys as on the CLI)."""
+    out: dict = {}
+    for key, v in flat(d).items():
+        node = out
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
+
+
+def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | None]:
+    """Run the stages the config names; returns (corpus for eval, tokens dir)."""
+    p = cfg.pipeline
+    corpus = Path(cfg.corpus) if cfg.corpus else None
+    if p.corpus is not None:
+        from toremi.corpus.build import CorpusConfig, build
+
+        ccfg = from_dict(CorpusConfig, p.corpus, prefix="pipeline.corpus.")
+        log(f"experiment: corpus -> {ccfg.out}")
+        build(ccfg)
+        corpus = Path(ccfg.out)
+    if p.annotate is not None:
+        from toremi.annotate.pipeline import AnnotateConfig, Annotator
+
+        if corpus is None:
+            raise ConfigError("pipeline.annotate needs a corpus (pipeline.corpus or corpus:)")
+        log(f"experiment: annotate {corpus}")
+        Annotator(corpus, None, from_dict(AnnotateConfig, p.annotate, "pipeline.annotate.")).run()
+    train_corpus = corpus
+    if p.noise is not None:
+        from toremi.noise import NoiseConfig, make_noise
+
+        ncfg = from_dict(NoiseConfig, {"corpus": str(corpus), "out": str(Path(cfg.out) / "corpus-noisy"),
+                                       **p.noise}, "pipeline.noise.")
+        done = Path(ncfg.out) / "noise.json"
+        if not (done.exists() and all(read_json(done).get(k) == v for k, v in to_dict(ncfg).items())):
+            make_noise(ncfg, log)
+        train_corpus = Path(ncfg.out)
+        cfg.noise_topic = cfg.noise_topic or ncfg.topic
+    tokens = Path(cfg.tokens) if cfg.tokens else None
+    if p.prepare is not None:
+        from toremi.prepare import PrepareConfig, prepare
+
+        pcfg = from_dict(PrepareConfig, {"corpus": str(train_corpus), **p.prepare}, "pipeline.prepare.")
+        log(f"experiment: prepare {pcfg.corpus} -> {pcfg.out}")
+        tokens = prepare(pcfg)
+    return corpus, tokens
+
+
+def is_finished(run_dir: Path) -> bool:
+    info = run_dir / "run.json"
+    return (run_dir / "final" / "config.json").exists() and info.exists() \
+        and read_json(info).get("status") == "done"
+
+
+def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: Path, run_dir: Path):
+    from toremi.train import TrainConfig
+
+    data = nest({**flat(cfg.train), **flat(method.train)})
+    data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
+    return from_dict(TrainConfig, data)
+
+
+def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
+    from toremi.report import load_run, markdown, report, summarize
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "experiment.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+    corpus, tokens = run_pipeline(cfg, log)
+    if tokens is None:
+        raise ConfigError("no training data: set `tokens:` or a pipeline.prepare section")
+    grid = [(m, s) for s in cfg.seeds for m in cfg.methods]  # seed-major: early seeds finish first
+    # Build every config before training anything, so a typo fails in seconds, not hours.
+    configs = [train_config(cfg, m, s, tokens, out / "runs" / f"{m.name}-s{s}") for m, s in grid]
+    entries = []
+    for (m, s), tcfg in zip(grid, configs):
+        run_dir = Path(tcfg.out)
+        if is_finished(run_dir):
+            log(f"experiment: {run_dir.name} finished, skipping training")
+        else:
+            from toremi.train import train
+
+            log(f"experiment: training {run_dir.name}")
+            t0 = time.time()
+            train(tcfg)
+            if not is_finished(run_dir):
+                status = read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").exists() else "?"
+                raise RuntimeError(f"{run_dir} stopped before the end ({status}); rerun the "
+                                   f"experiment to resume it")
+            log(f"experiment: {run_dir.name} trained in {time.time() - t0:.0f}s")
+        ev = run_dir / "eval.json"
+        if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < (run_dir / "final" / "config.json").stat().st_mtime):
+            from toremi.evaluate.cli import EvalConfig, evaluate
+
+            ecfg = from_dict(EvalConfig, {**nest(cfg.eval), "run": str(run_dir),
+                                          "corpus": str(corpus) if corpus else None}, "eval.")
+            evaluate(ecfg, log)
+        entries.append({"label": m.name, "seed": s, "dir": str(run_dir)})
+    runs = [load_run(Path(e["dir"]), e["label"]) for e in entries]
+    summary = summarize(runs, cfg.baseline)
+    result = {"name": cfg.name, "tokens": str(tokens), "corpus": str(corpus) if corpus else None,
+              "noise_topic": cfg.noise_topic, "runs": entries, "summary": summary,
+              "config": to_dict(cfg)}
+    atomic_write_json(out / "results.json", result)
+    table = markdown(summary)
+    atomic_write_text(out / "results.md", f"# {cfg.name}\n\n{table}")
+    print(table)
+    if cfg.report:
+        path = report([Path(e["dir"]) for e in entries], out / "report", f"toremi experiment {cfg.name}",
+                      {e["dir"]: e["label"] for e in entries}, cfg.noise_topic, cfg.baseline)
+        log(f"experiment: report {path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="toremi experiment", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="experiment YAML (see configs/quality.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. seeds=[1] out=runs/x")
+    args = ap.parse_args(argv)
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    try:
+        run_experiment(cfg)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"toremi experiment: {exc}")
+        return 2
+    return 0

