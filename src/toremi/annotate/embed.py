@@ -94,7 +94,8 @@ class SentenceTransformerEmbedder(Embedder):
         if device.startswith("cuda"):
             self.model.half()
         self.model.max_seq_length = min(cfg.max_tokens, self.model.max_seq_length or cfg.max_tokens)
-        self.cfg, self.dim = cfg, self.model.get_sentence_embedding_dimension()
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.cfg, self.dim = cfg, dim_fn()
         self.name = f"st:{Path(model).name}:{self.model.max_seq_length}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
