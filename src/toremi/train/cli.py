@@ -18,10 +18,27 @@ from toremi.config import load_config
 SHORTHANDS = {"method": "method.name", "model": "model.size", "preset": "method.preset"}
 
 
+def config_keys() -> str:
+    """Every config key with its default, for --help."""
+    from toremi.config import to_dict
+    from toremi.train.config import TrainConfig
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from walk(v, f"{prefix}{k}.")
+            else:
+                yield f"  {prefix}{k}={v}"
+    defaults = to_dict(TrainConfig())
+    return "config keys (defaults; method options left None come from the preset):\n" + \
+        "\n".join(walk(defaults)) + "\n\nmethods: uniform stratified odm toremi toremi-sampling; " \
+        "presets (toremi*): paper, authors"
+
+
 def parse(argv: list[str]):
     from toremi.train.config import TrainConfig
 
-    ap = argparse.ArgumentParser(prog="toremi train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="toremi train", description=__doc__, epilog=config_keys(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", help="prepared tokens dir (toremi prepare)")
     ap.add_argument("--out", help="run dir (created; resumed if it holds checkpoints)")

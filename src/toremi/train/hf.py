@@ -151,6 +151,11 @@ def ReweightingTrainer(*args, reweighter: TopicReweighter, **kwargs):
     tf = _hf()
 
     class _Trainer(tf.Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            # our loss is a per-micro-batch mean: let HF divide it by the accumulation steps
+            self.model_accepts_loss_kwargs = False
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             topic_ids, labels = inputs.pop("topic_ids"), inputs.pop("labels")
