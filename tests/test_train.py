@@ -113,6 +113,8 @@ def test_sigterm_checkpoints_and_resumes(tiny_tokens, tmp_path, reference_runs):
 def test_resume_refused_on_other_data(tiny_tokens, tmp_path):
     run = tmp_path / "run"
     train(make_cfg(tiny_tokens, run, "steps=2"))
+    with pytest.raises(ValueError, match=r"method_options changed.*'name': \('uniform', 'odm'\)"):
+        train(make_cfg(tiny_tokens, run, "steps=4", "method.name=odm"))
     other = tmp_path / "tokens"
     shutil.copytree(tiny_tokens, other)
     man = read_json(other / "manifest.json")

@@ -129,7 +129,8 @@ class Trainer(StepEngine):
                 "method": self.method.state_dict(), "loader": self.loader.state_dict(),
                 "bad": self.bad.cpu(), "accumulators": {k: getattr(self, k).cpu() for k in self.ACCUMULATORS},
                 "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
-                "world_size": self.d.world_size, "total_steps": self.total}
+                "world_size": self.d.world_size, "total_steps": self.total,
+                "method_options": self.cfg.method.options(), "model_size": self.cfg.model.size}
 
     def save(self, log: RunLogger | None = None) -> Path | None:
         path = None
@@ -151,6 +152,12 @@ class Trainer(StepEngine):
                              f"refuses to overwrite it: pick a new --out or use resume=auto")
         model, st = checkpoint.load(path, self.dev)
         checkpoint.check_compatible(st, self.ds.data_hash, self.ds.topic_names, path)
+        for key, now in (("method_options", self.cfg.method.options()), ("model_size", self.cfg.model.size)):
+            if st.get(key, now) != now:
+                diff = {k: (st[key][k], now[k]) for k in now if st[key].get(k) != now[k]} \
+                    if isinstance(now, dict) else (st[key], now)
+                raise ValueError(f"cannot resume from {path}: {key} changed (checkpoint, now): {diff}; "
+                                 f"use the original settings or a new --out")
         if st["world_size"] != self.d.world_size:
             raise ValueError(f"{path} was written by {st['world_size']} processes, this run has "
                              f"{self.d.world_size}; resume with the same number")
@@ -216,7 +223,7 @@ class Trainer(StepEngine):
                 sig = sig or ("SIGTERM" if float(flag) > 0 else None)
             elif d.enabled:
                 sig = None
-            if sig and not self.stop_reason:
+            if sig and not self.stop_reason and not last:
                 self.stop_reason = f"interrupted by {sig}"
             if c.stop_at_step and self.step == c.stop_at_step and not last:
                 self.stop_reason = self.stop_reason or f"stopped at step {self.step} (stop_at_step)"
