@@ -5,7 +5,8 @@ Variants (one model and optimizer, so only the loss/statistics code differs):
   uniform   toremi's StepEngine with all weights 1 (the `uniform` method)
   toremi    StepEngine with non-trivial topic weights (K topics)
   toremi10k StepEngine with K=10,000 topics
-  authors   the authors' per-sample Python loop (loss / padded length, a .item() per sample)
+  authors   the authors' per-sample Python loop (loss / padded length, a .item() per sample),
+            eager (not compiled), as in their code
 Plus the amortised cost of a K=10,000 ToReMi update (every 100 steps) as % of a step.
 
 CPU default: python bench/train_step.py            (median of --steps timed steps per variant)
@@ -90,6 +91,26 @@ def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def machinery_ms(engine: StepEngine, batch: Batch, reps: int = 200) -> float:
+    """The topic machinery of one step alone (sample weights, normaliser, two index_add_ stat
+    updates, counters), timed in isolation: robust to machine load, unlike step-time ratios."""
+    from toremi.methods import rules
+
+    l = torch.rand(batch.labels.shape[0], device=engine.dev)
+    n = (batch.labels != -100).sum(1)
+
+    def f():
+        s = rules.sample_weights(engine.w_dev, batch.topic_ids, 1.0) * (batch.labels != -100).any(1)
+        inv = 1.0 / s.sum().clamp(min=1e-12)
+        valid = (n > 0) & torch.isfinite(l)
+        rules.accumulate_topic_stats(engine.stat_loss, engine.stat_count, l, batch.topic_ids, valid)
+        rules.accumulate_topic_stats(engine.log_tloss, engine.log_tcount, l, batch.topic_ids, valid)
+        engine.log_sums[0] += (l.double() * n * valid).sum() * inv
+    for _ in range(10):
+        f()
+    return statistics.median(timed(f, engine.dev) for _ in range(reps)) * 1e3
 
 
 def update_cost_ms(k: int, device, reps: int = 20) -> dict:
@@ -201,6 +222,12 @@ def main(argv=None) -> int:
             ratios[f"{num}/{den} (min)"] = v[num]["min_ms"] / v[den]["min_ms"]
             print(f"  step-time ratio {num}/{den}: {ratios[f'{num}/{den}']:.3f} (median), "
                   f"{ratios[f'{num}/{den} (min)']:.3f} (min)")
+    for name in ("toremi", "toremi10k"):
+        if name in engines:
+            ms = machinery_ms(engines[name], batches["10k" if name == "toremi10k" else "k"][0])
+            pct = ms / v[name]["median_ms"] * 100
+            res[f"machinery_{name}"] = {"ms": ms, "pct_of_step": pct}
+            print(f"  topic machinery alone ({name}): {ms:.3f} ms = {pct:.2f}% of a step")
     upd = update_cost_ms(10_000, device)
     res["update_10k_ms"] = upd
     ref = v.get("toremi10k", v.get("toremi", next(iter(v.values()))))["median_ms"]
