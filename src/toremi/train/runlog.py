@@ -95,10 +95,11 @@ class RunLogger:
 
     def _run_info(self) -> dict:
         t = self.t
-        try:
-            import transformers
-            tf_version = transformers.__version__
-        except ImportError:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:  # the version only: importing transformers would cost seconds
+            tf_version = version("transformers")
+        except PackageNotFoundError:
             tf_version = None
         m = t.ds.manifest
         return {"toremi": toremi.__version__, "python": platform.python_version(),
