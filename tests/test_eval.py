@@ -46,8 +46,9 @@ def save_tiny_model(path: Path, tok, n_positions: int = 128, seed: int = 0) -> P
     return path
 
 
-def write_eval_shard(corpus: Path, domain: str, docs: list[tuple[str, str]]) -> None:
-    d = corpus / "eval" / domain
+def write_eval_shard(corpus: Path, domain: str, docs: list[tuple[str, str]],
+                     split: str = "eval") -> None:
+    d = corpus / split / domain
     d.mkdir(parents=True, exist_ok=True)
     table = pa.table({"id": [f"{domain}-{i}" for i in range(len(docs))],
                       "text": [t for t, _ in docs], "domain": [domain] * len(docs),
@@ -63,6 +64,8 @@ def setup(tmp_path_factory):
     model_dir = save_tiny_model(root / "model", tok)
     corpus = root / "corpus"
     write_eval_shard(corpus, "news", articles[::4])
+    # A label that only the training split holds is still one of the classification choices.
+    write_eval_shard(corpus, "news", bbc_articles(2, ("politics",)), split="documents")
     lm = load_model(model_dir, max_len=None)
     return {"root": root, "tok": tok, "model_dir": model_dir, "corpus": corpus, "lm": lm,
             "articles": articles}
@@ -95,7 +98,7 @@ def test_windows_score_every_target_once():
 
 
 def test_perplexity_matches_per_document_reference(setup):
-    lm, texts = setup["lm"], [t for t, _ in setup["articles"][:12]]
+    lm, texts = setup["lm"], [t for t, _ in setup["articles"][:6]]
     T = lm.max_len
     got = domain_perplexity(lm, texts, stride=T, batch_size=5)  # disjoint windows
     ref_nll, ref_n = 0.0, 0
@@ -186,7 +189,7 @@ def test_cli_writes_eval_json_and_skips_missing(setup, tmp_path, capsys):
     assert set(news) >= {"nll", "ppl", "bpb", "tokens", "bytes"} and news["docs"] == 6
     assert res["macro_ppl"] == pytest.approx(news["ppl"])
     bbc = res["downstream"]["bbc_topic"]
-    assert bbc["n"] == 6 and bbc["labels"] == ["business", "sports", "tech"]
+    assert bbc["n"] == 6 and bbc["labels"] == ["business", "politics", "sports", "tech"]
     skipped = {s["what"] for s in res["skipped"]}
     assert {"domain legal", "brown_genre"} <= skipped
     if PIQA.exists():
@@ -198,3 +201,53 @@ def test_cli_writes_eval_json_and_skips_missing(setup, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert rc == 0 and "piqa" not in res["downstream"] and "news" in res["domains"]
     assert "nowhere" in capsys.readouterr().out
+
+
+def test_piqa_matches_lm_evaluation_harness(setup, tmp_path):
+    """Same acc / acc_norm and per-choice log-likelihoods as lm-eval's own HF model on PIQA."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install lm-eval)")
+    if not PIQA.exists():
+        pytest.skip(f"no PIQA at {PIQA}")
+    from lm_eval.tasks import TaskManager
+
+    from toremi.evaluate.downstream import load_piqa
+
+    lm, n = setup["lm"], 40
+    contexts, choices, gold = load_piqa(PIQA)
+    rows = [(c, ch, g) for c, ch, g in zip(contexts, choices, gold)
+            if max(len(lm.tokenizer.encode(c + " " + o)) for o in ch) < lm.max_len][:n]
+    data = tmp_path / "piqa.jsonl"
+    data.write_text("".join(json.dumps({"goal": c[len("Question: "):-len("\nAnswer:")],
+                                        "sol1": ch[0], "sol2": ch[1], "label": g}) + "\n"
+                            for c, ch, g in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "piqa_local.yaml").write_text(f"""task: piqa_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{{{[sol1, sol2]}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""")
+    res = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={setup['model_dir']},dtype=float32",
+        tasks=["piqa_local"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        batch_size=8, device="cpu", log_samples=True)
+    theirs = res["results"]["piqa_local"]
+    ours = multiple_choice(lm, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    assert ours["n"] == n
+    assert ours["acc"] == pytest.approx(theirs["acc,none"])
+    assert ours["acc_norm"] == pytest.approx(theirs["acc_norm,none"])
+    from toremi.evaluate.downstream import encode_pair
+
+    samples = sorted(res["samples"]["piqa_local"], key=lambda s: s["doc_id"])
+    their_ll = np.array([[float(r[0][0]) for r in s["resps"]] for s in samples])
+    pairs = [encode_pair(lm, c, " " + o) for c, ch, _ in rows for o in ch]
+    our_ll, _ = score(lm, [np.array(a + b) for a, b in pairs], np.array([len(b) for _, b in pairs]))
+    np.testing.assert_allclose(our_ll.reshape(-1, 2), their_ll, atol=1e-3)

@@ -64,6 +64,19 @@ def piqa_dir(spec: str | None) -> Path:
     return (REPO / ".." / "shared" / "data" / "piqa").resolve()
 
 
+def label_names(corpus: Path, domain: str) -> list[str]:
+    """Every label of the domain, training split included: a held-out split cut by source may
+    miss some labels, and the choices must not depend on which ones it happens to hold."""
+    import pyarrow.parquet as pq
+
+    names = set()
+    for split in ("eval", "documents"):
+        for p in sorted((corpus / split / domain).glob("*.parquet")):
+            if "label" in pq.read_schema(p).names:
+                names |= set(pq.read_table(p, columns=["label"]).column("label").to_pylist())
+    return sorted(n for n in names if n)
+
+
 def evaluate(cfg: EvalConfig, log=print) -> dict:
     """Evaluate one checkpoint; returns (and writes) the eval.json record."""
     from toremi.evaluate import load_model, resolve_run
@@ -120,11 +133,11 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             skip(task.name, f"held-out domain {task.domain!r} not in the corpus")
             continue
         docs = read_heldout(cfg.corpus, task.domain, cfg.max_docs)
-        names = read_heldout(cfg.corpus, task.domain, columns=("label",)).get("label", [])
+        names = label_names(Path(cfg.corpus), task.domain)
         try:
             result["downstream"][task.name] = classify(
                 lm, task, docs["text"], docs.get("label", [None] * len(docs["text"])),
-                cfg.batch_size, names=[n for n in names if n])
+                cfg.batch_size, names=names)
         except ValueError as exc:
             skip(task.name, str(exc))
     for name, d in result["downstream"].items():
