@@ -93,24 +93,44 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def machinery_ms(engine: StepEngine, batch: Batch, reps: int = 200) -> float:
-    """The topic machinery of one step alone (sample weights, normaliser, two index_add_ stat
-    updates, counters), timed in isolation: robust to machine load, unlike step-time ratios."""
+def machinery_ms(engine: StepEngine, batch: Batch, reps: int = 100) -> tuple[float, float]:
+    """Loss weighting + topic statistics of one step alone, given the per-token CE [B, T]:
+    (ours: vectorised, sync-free; the authors' per-sample loop). Timed in isolation, so the
+    comparison is robust to machine load, unlike whole-step ratios on a shared CPU."""
     from toremi.methods import rules
 
-    l = torch.rand(batch.labels.shape[0], device=engine.dev)
-    n = (batch.labels != -100).sum(1)
+    b, t = batch.labels.shape
+    ce = torch.rand(b, t, device=engine.dev, requires_grad=True)
+    mask = batch.labels != -100
+    weights, stats = engine.w_dev.tolist(), {}
 
-    def f():
-        s = rules.sample_weights(engine.w_dev, batch.topic_ids, 1.0) * (batch.labels != -100).any(1)
-        inv = 1.0 / s.sum().clamp(min=1e-12)
+    def ours():
+        n = mask.sum(1)
+        l = (ce * mask).sum(1) / n.clamp(min=1)
+        s = rules.sample_weights(engine.w_dev, batch.topic_ids, 1.0) * (n > 0)
+        loss = (s * l).sum() / s.sum().clamp(min=1e-12)
         valid = (n > 0) & torch.isfinite(l)
         rules.accumulate_topic_stats(engine.stat_loss, engine.stat_count, l, batch.topic_ids, valid)
         rules.accumulate_topic_stats(engine.log_tloss, engine.log_tcount, l, batch.topic_ids, valid)
-        engine.log_sums[0] += (l.double() * n * valid).sum() * inv
-    for _ in range(10):
-        f()
-    return statistics.median(timed(f, engine.dev) for _ in range(reps)) * 1e3
+        engine.log_sums[0] += (l.detach().double() * n * valid).sum()
+        return loss
+
+    def authors():
+        losses = []
+        for i in range(b):
+            li = ce[i].sum() / t
+            topics = [x for x in batch.topic_ids[i].tolist() if x >= 0]
+            w = sum(weights[x] for x in topics) / len(topics) if topics else 0.0
+            for x in topics:
+                stats.setdefault(x, []).append(li.item())
+            losses.append(w * li)
+        return torch.stack(losses).mean()
+    out = []
+    for f in (ours, authors):
+        for _ in range(5):
+            f()
+        out.append(statistics.median(timed(f, engine.dev) for _ in range(reps)) * 1e3)
+    return out[0], out[1]
 
 
 def update_cost_ms(k: int, device, reps: int = 20) -> dict:
@@ -222,12 +242,21 @@ def main(argv=None) -> int:
             ratios[f"{num}/{den} (min)"] = v[num]["min_ms"] / v[den]["min_ms"]
             print(f"  step-time ratio {num}/{den}: {ratios[f'{num}/{den}']:.3f} (median), "
                   f"{ratios[f'{num}/{den} (min)']:.3f} (min)")
+    if "toremi" in engines:  # how each scales with the batch (global batches are large on GPUs)
+        res["machinery_by_batch"] = {}
+        for bsz in (64, 512):
+            bb = synthetic_batches(1, bsz, a.seq, a.vocab, a.topics, 3, device, seed=2)[0]
+            ms, ms_authors = machinery_ms(engines["toremi"], bb, reps=20)
+            res["machinery_by_batch"][bsz] = {"ms": ms, "authors_loop_ms": ms_authors}
+            print(f"  weighting+stats alone at B={bsz}: {ms:.3f} ms; authors' loop {ms_authors:.3f} ms "
+                  f"({ms_authors / ms:.1f}x)")
     for name in ("toremi", "toremi10k"):
         if name in engines:
-            ms = machinery_ms(engines[name], batches["10k" if name == "toremi10k" else "k"][0])
+            ms, ms_authors = machinery_ms(engines[name], batches["10k" if name == "toremi10k" else "k"][0])
             pct = ms / v[name]["median_ms"] * 100
-            res[f"machinery_{name}"] = {"ms": ms, "pct_of_step": pct}
-            print(f"  topic machinery alone ({name}): {ms:.3f} ms = {pct:.2f}% of a step")
+            res[f"machinery_{name}"] = {"ms": ms, "pct_of_step": pct, "authors_loop_ms": ms_authors}
+            print(f"  weighting+stats alone ({name}): {ms:.3f} ms = {pct:.2f}% of a step; "
+                  f"authors' per-sample loop: {ms_authors:.3f} ms ({ms_authors / ms:.1f}x)")
     upd = update_cost_ms(10_000, device)
     res["update_10k_ms"] = upd
     ref = v.get("toremi10k", v.get("toremi", next(iter(v.values()))))["median_ms"]
