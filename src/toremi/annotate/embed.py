@@ -93,6 +93,8 @@ class SentenceTransformerEmbedder(Embedder):
         self.model = SentenceTransformer(model, device=device)
         if device.startswith("cuda"):
             self.model.half()
+        else:  # a model saved in fp16 would run slowly (and less exactly) on a CPU
+            self.model.float()
         self.model.max_seq_length = min(cfg.max_tokens, self.model.max_seq_length or cfg.max_tokens)
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.cfg, self.dim = cfg, dim_fn()
