@@ -158,6 +158,8 @@ def test_persistent_nonfinite_stops_with_checkpoint(tiny_tokens, tmp_path):
     info = read_json(run / "run.json")
     assert "non-finite steps in a row" in info["status"], info["status"]
     assert info["skipped_steps"] >= 3 and checkpoint.latest(run) is not None
+    m = read_jsonl(run / "metrics.jsonl")  # strict JSON: no NaN written for skipped steps
+    assert m and all(r["weighted_loss"] is None or r["weighted_loss"] == r["weighted_loss"] for r in m)
     assert not (run / "final").exists()
 
 

@@ -65,7 +65,7 @@ class StepEngine:
             inv_norm = 1.0 / sum(len(s) for s in s_all)  # x world / (N x world): DDP averages ranks
         else:
             inv_norm = world / all_reduce_sum(torch.stack([s.sum() for s in s_all]).sum(), self.d).clamp(min=1e-12)
-        ls, ns = [], []
+        ls, ns, wloss = [], [], torch.zeros((), dtype=torch.float64, device=self.dev)
         for i, (b, s) in enumerate(zip(batches, s_all)):
             sync = self.ddp.no_sync() if self.d.enabled and i < len(batches) - 1 else nullcontext()
             with sync:
@@ -73,7 +73,7 @@ class StepEngine:
                 loss.backward()
             ls.append(l.detach())
             ns.append(n)
-            self.log_sums[2] += loss.detach().double() / world
+            wloss += loss.detach().double() / world
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
         ok = torch.isfinite(gnorm)
         if self.fused:
@@ -92,7 +92,8 @@ class StepEngine:
         nv = n.double() * valid
         self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
         self.log_sums[1] += nv.sum()
-        self.log_sums[3] += 1
+        self.log_sums[2] += torch.where(ok, wloss, 0)  # skipped steps stay out of the logged means
+        self.log_sums[3] += ok.double()
         bad = (~ok).double()
         self.bad[0] += bad
         self.bad[1] = (self.bad[1] + 1) * bad
