@@ -4,6 +4,15 @@ Steps can run one by one or all together; each resumes where it stopped. Overrid
 ``section.key=value`` over :class:`toremi.annotate.pipeline.AnnotateConfig`, for example
 ``cluster.k=20 cluster.seed=1 embed.backend=sentence-transformers label.labeller=llm
 label.llm.base_url=http://127.0.0.1:8000/v1 label.llm.model=llama3 engine=ray``.
+
+Defaults: embed.backend=wordllama (static, fast on a CPU; sentence-transformers runs fp16 on a
+GPU), cluster.k=0 (= round(sqrt(n/2)) for n non-empty documents, at most 10,000),
+cluster.nredo=5 restarts, keywords.top_n=150, label.labeller=similarity against the 41 Wikipedia
+categories (label.topics=FILE for your own, one per line, optional ": description"). The LLM
+labeller reads its API key from the variable named by label.llm.api_key_env (OPENAI_API_KEY).
+
+Writes embeddings/, clusters/, keywords.json, topics.json, attributes/topics/ and manifest.json
+under the annotation dir; the corpus is never rewritten.
 """
 
 from __future__ import annotations

@@ -107,10 +107,10 @@ class SimilarityLabeller(Labeller):
         """(cluster ids, centroid scores [C, T], keyword scores [C, T]); NaN where absent."""
         cids = sorted(clusters)
         dim = self.topic_vecs.shape[1]
-        cent = np.stack([np.asarray(clusters[c].get("centroid") if clusters[c].get("centroid") is not None
-                                    else np.zeros(dim), np.float32) for c in cids]) if cids else np.zeros((0, dim))
+        vecs = [clusters[c].get("centroid") for c in cids]
+        cent = np.array([np.zeros(dim) if v is None else v for v in vecs], np.float32).reshape(len(cids), dim)
         kw_texts = [" ".join(clusters[c].get("keywords", [])[:self.cfg.n_keywords]) for c in cids]
-        kw = self.embedder.encode(kw_texts) if cids else np.zeros((0, dim))
+        kw = self.embedder.encode(kw_texts) if cids else np.zeros((0, dim), np.float32)
         s_cent = _unit(cent - self.mean * np.any(cent != 0, 1, keepdims=True)) @ self.topic_vecs.T
         s_kw = _unit(kw - self.mean * np.any(kw != 0, 1, keepdims=True)) @ self.topic_vecs.T
         s_cent[~np.any(cent != 0, 1)] = np.nan
