@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from toremi.config import ConfigError, from_dict, load_config, to_dict
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 
@@ -151,7 +153,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "experiment.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(out / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     corpus, tokens = run_pipeline(cfg, log)
     if tokens is None:
         raise ConfigError("no training data: set `tokens:` or a pipeline.prepare section")

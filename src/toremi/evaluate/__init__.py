@@ -29,6 +29,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     path: Path
     max_len: int  # context length in tokens
+    bf16: bool = False  # bf16 autocast (CUDA only); default fp32 so that NLLs are exact
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +101,7 @@ def check_compatible(config, tok: Tokenizer, where: Path, run_dir: Path | None =
 
 
 def load_model(model_dir: Path, tokenizer: Path | str | None = None, run_dir: Path | None = None,
-               device: str = "auto", max_len: int | None = None) -> LoadedModel:
+               device: str = "auto", max_len: int | None = None, bf16: bool = False) -> LoadedModel:
     """An HF GPT-2 folder plus its tokenizer, checked against each other and put in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -121,7 +122,8 @@ def load_model(model_dir: Path, tokenizer: Path | str | None = None, run_dir: Pa
     check_compatible(config, tok, model_dir, run_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(pick_device(device)).eval()
     n_pos = int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
-    return LoadedModel(model, tok, model_dir, min(max_len or n_pos, n_pos))
+    dev = next(model.parameters()).device
+    return LoadedModel(model, tok, model_dir, min(max_len or n_pos, n_pos), bf16 and dev.type == "cuda")
 
 
 @torch.inference_mode()
@@ -145,8 +147,7 @@ def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
     ll = np.zeros(n, dtype=np.float64)
     greedy = np.zeros(n, dtype=bool)
     device = lm.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=lm.bf16)
     batches = range(0, n, batch_size)
     for start in tqdm(batches, desc=progress, disable=progress is None or len(batches) < 4,
                       leave=False):

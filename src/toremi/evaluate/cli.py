@@ -45,11 +45,14 @@ class EvalConfig:
     max_len: int | None = None  # context for scoring; default the model's n_positions
     stride: int | None = None  # sliding-window stride; default max_len // 2
     device: str = "auto"
+    dtype: str = "float32"  # float32 | bfloat16 (autocast on CUDA: faster, NLL less exact)
     out: str | None = None
 
     def __post_init__(self):
         if (self.run is None) == (self.model is None):
             raise ConfigError("give exactly one of --run RUN_DIR or --model HF_DIR")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -90,7 +93,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         model_dir, tok_path = resolve_run(run_dir)
     else:
         model_dir, tok_path = Path(cfg.model), None
-    lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len)
+    lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len,
+                    bf16=cfg.dtype == "bfloat16")
     result = {"model": str(model_dir), "tokenizer": lm.tokenizer.info(), "max_len": lm.max_len,
               "domains": {}, "macro_ppl": None, "downstream": {}, "skipped": [],
               "config": to_dict(cfg)}
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with EvalConfig fields")
     for flag in ("run", "model", "tokenizer", "corpus", "piqa", "max-docs", "max-tokens",
-                 "max-items", "batch-size", "max-len", "stride", "device", "out"):
+                 "max-items", "batch-size", "max-len", "stride", "device", "dtype", "out"):
         p.add_argument(f"--{flag}")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. domains=[news,legal]")
     args = p.parse_args(argv)
