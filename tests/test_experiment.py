@@ -88,6 +88,11 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     assert (exp / "report" / "report.html").exists()
     out = capsys.readouterr().out
     assert "| uniform | 2 |" in out
+    from toremi.report import main as report_main
+
+    assert report_main(["--experiment", str(exp), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("<img") == 4 and "toremi-authors-s2" in page  # no noise panel: clean data
     # Third pass: everything finished -> nothing retrained or re-evaluated.
     mtimes = {p: p.stat().st_mtime for p in exp.glob("runs/*/eval.json")}
     assert experiment_main(["--config", str(path)]) == 0
