@@ -26,8 +26,8 @@ TIMING = {"tokens_per_s", "elapsed_s"}
 
 
 def make_cfg(tokens, out, *overrides) -> TrainConfig:
-    base = [f"tokens_dir={tokens}", f"out={out}", "steps=16", "batch_size=4", "accum=2",
-            "log_every=2", "eval_every=8", "eval_batches=2", "progress=false", "optim.warmup_steps=2",
+    base = [f"tokens_dir={tokens}", f"out={out}", "steps=12", "batch_size=4", "accum=2",
+            "log_every=2", "eval_every=6", "eval_batches=2", "progress=false", "optim.warmup_steps=2",
             "method.interval=2"]
     return load_config(TrainConfig, None, base + list(overrides))
 
@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted(name, tiny_tokens, tmp_path, reference_runs
     assert info["status"] == "done" and info["resumed_from"].endswith("step-0000007")
     assert_same_run(reference_runs[name], run)
     w = read_jsonl(run / "weights.jsonl")
-    assert [r["step"] for r in w] == list(range(2, 17, 2))
+    assert [r["step"] for r in w] == list(range(2, 13, 2))
     if name == "toremi":
         assert {r["stage"] for r in w} == {1, 2} and any(x != 1.0 for x in w[-1]["weights"])
     else:
@@ -86,8 +86,8 @@ def test_resume_equals_uninterrupted(name, tiny_tokens, tmp_path, reference_runs
 
 def test_sigterm_checkpoints_and_resumes(tiny_tokens, tmp_path, reference_runs):
     run = tmp_path / "sig"
-    args = [f"--tokens={tiny_tokens}", f"--out={run}", "steps=16", "batch_size=4", "accum=2",
-            "log_every=2", "eval_every=8", "eval_batches=2", "progress=false",
+    args = [f"--tokens={tiny_tokens}", f"--out={run}", "steps=12", "batch_size=4", "accum=2",
+            "log_every=2", "eval_every=6", "eval_batches=2", "progress=false",
             "optim.warmup_steps=2", "method.interval=2", *METHOD_ARGS["toremi"]]
     code = ("import sys, time, toremi.train.trainer as t\n"
             "orig = t.Trainer.train_step\n"
