@@ -131,7 +131,41 @@ def whole_corpus(corpus: Path, extra: list[str], work: Path) -> dict:
     docs = sum(pq.read_metadata(p).num_rows for p in corpus.glob("documents/*/shard-*.parquet"))
     return {"corpus": str(corpus), "documents": docs, "wall_seconds": round(wall, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-            "steps": [line for line in proc.stdout.splitlines() if line.startswith("[")]}
+            "steps": [line for line in proc.stdout.splitlines() if line.startswith("[")],
+            "domains": domain_labels(corpus, out)}
+
+
+# A rough expectation per domain of the built corpus (a dictionary or WordNet entry may be about
+# any subject, so their figures are a floor, not an error rate).
+DOMAIN_EXPECTED = {"code": ["Technology", "Information", "Engineering", "Mathematics"],
+                   "kernel": ["Technology", "Engineering", "Information"],
+                   "computing": ["Technology", "Internet", "Information"], "pydocs": ["Technology", "Information"],
+                   "email": ["Communication", "Internet", "Technology"], "dictionary": ["Language"],
+                   "lexical": ["Language"], "religion": ["Religion"], "literature": ["Literature"],
+                   "legal": ["Law"]}
+
+
+def domain_labels(corpus: Path, out: Path) -> dict:
+    """Per domain: share of documents carrying an expected topic and the three commonest topics."""
+    names = json.loads((out / "topics.json").read_text())["topic_names"]
+    res = {}
+    for d in sorted({p.parent.name for p in corpus.glob("documents/*/shard-*.parquet")}):
+        tids, labels = [], []
+        for p in sorted(corpus.glob(f"documents/{d}/shard-*.parquet")):
+            tids += pq.read_table(out / "attributes" / "topics" / d / (p.stem + ".parquet")).column("topic_ids").to_pylist()
+            labels += pq.read_table(p, columns=["label"]).column("label").to_pylist()
+        got = [{names[i] for i in t} for t in tids]
+        exp = ([BBC_EXPECTED.get(lab, []) for lab in labels] if d == "news" else
+               [DOMAIN_EXPECTED.get(d, [])] * len(got))
+        counts: dict = {}
+        for g in got:
+            for n in g:
+                counts[n] = counts.get(n, 0) + 1
+        res[d] = {"documents": len(got), "top_topics": sorted(counts.items(), key=lambda kv: -kv[1])[:3],
+                  "labels_per_doc": round(float(np.mean([len(g) for g in got])), 3)}
+        if any(exp):
+            res[d]["expected_share"] = round(float(np.mean([bool(g & set(e)) for g, e in zip(got, exp)])), 3)
+    return res
 
 
 # Labelled domains of the corpus builder's output (label = WordNet lexfile, fortune file,

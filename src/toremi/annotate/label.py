@@ -32,6 +32,7 @@ class SimilarityConfig:
     margin: float = 0.02             # runner-up kept if within this of the best score ...
     ratio: float = 0.75              # ... or if at least this fraction of the best score
     max_labels: int = 3
+    corpus_center: bool = True       # centroid offset from the corpus mean (else the topics' mean)
 
     def __post_init__(self):
         if not 0.0 <= self.centroid_weight <= 1.0 or not 1 <= self.max_labels <= 3 or self.margin < 0 \
@@ -97,11 +98,14 @@ def margin_pick(scores: np.ndarray, margin: float, max_labels: int, ratio: float
 class SimilarityLabeller(Labeller):
     name = "similarity"
 
-    def __init__(self, embedder, topics: TopicSet, cfg: SimilarityConfig | None = None):
+    def __init__(self, embedder, topics: TopicSet, cfg: SimilarityConfig | None = None,
+                 doc_center: np.ndarray | None = None):
         self.embedder, self.topics, self.cfg = embedder, topics, cfg or SimilarityConfig()
         t = embedder.encode(topics.texts())
         self.mean = t.mean(0)
         self.topic_vecs = _unit(t - self.mean)
+        # Centroids are compared by their offset from the corpus mean when it is known
+        self.doc_center = self.mean if doc_center is None else np.asarray(doc_center, np.float32).reshape(-1)
 
     def scores(self, clusters: dict[int, dict]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """(cluster ids, centroid scores [C, T], keyword scores [C, T]); NaN where absent."""
@@ -111,7 +115,7 @@ class SimilarityLabeller(Labeller):
         cent = np.array([np.zeros(dim) if v is None else v for v in vecs], np.float32).reshape(len(cids), dim)
         kw_texts = [" ".join(clusters[c].get("keywords", [])[:self.cfg.n_keywords]) for c in cids]
         kw = self.embedder.encode(kw_texts) if cids else np.zeros((0, dim), np.float32)
-        s_cent = _unit(cent - self.mean * np.any(cent != 0, 1, keepdims=True)) @ self.topic_vecs.T
+        s_cent = _unit(cent - self.doc_center * np.any(cent != 0, 1, keepdims=True)) @ self.topic_vecs.T
         s_kw = _unit(kw - self.mean * np.any(kw != 0, 1, keepdims=True)) @ self.topic_vecs.T
         s_cent[~np.any(cent != 0, 1)] = np.nan
         s_kw[~np.any(kw != 0, 1)] = np.nan

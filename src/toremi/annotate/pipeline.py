@@ -246,7 +246,10 @@ class Annotator:
         return info
 
     def make_labeller(self, topics: TopicSet):
-        sim = SimilarityLabeller(get_embedder(self.cfg.embed), topics, self.cfg.label.similarity)
+        center = None
+        if self.cfg.label.similarity.corpus_center and self.cfg.cluster.center:
+            center = np.load(self.out / "clusters" / "center.npy")
+        sim = SimilarityLabeller(get_embedder(self.cfg.embed), topics, self.cfg.label.similarity, center)
         if self.cfg.label.labeller == "llm":
             return LLMLabeller(topics, self.cfg.label.llm, sim, self.out / "llm_cache.jsonl")
         return sim
