@@ -14,7 +14,7 @@ import scipy.sparse as sp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from toremi.annotate import cli  # noqa: E402
-from toremi.annotate.cluster import ClusterConfig, default_k, fit_kmeans  # noqa: E402
+from toremi.annotate.cluster import ClusterConfig, cluster_stats, default_k, fit_kmeans  # noqa: E402
 from toremi.annotate.corpora import BBC_EXPECTED, bbc_records, write_corpus  # noqa: E402
 from toremi.annotate.embed import EmbedConfig, _chunks, embed_texts  # noqa: E402
 from toremi.annotate.keywords import (KeywordsConfig, count_shard, ctfidf_top, load_stop_words,  # noqa: E402
@@ -177,6 +177,8 @@ def test_chunk_mode_and_defaults():
     assert [default_k(n) for n in (10, 2225, 1_000_000, 10**9)] == [2, 33, 707, 10_000]
     with pytest.raises(ValueError, match="k must be"):
         ClusterConfig(k=1)
+    st = cluster_stats(np.array([0, 0, 2, -1, 0], np.int32), 4)
+    assert (st["empty_clusters"], st["singleton_clusters"], st["unassigned_docs"], st["sizes"]) == (2, 1, 1, [3, 0, 1, 0])
     x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     c1, _ = fit_kmeans(x, 4, ClusterConfig(k=4, seed=3))
     c2, _ = fit_kmeans(x, 4, ClusterConfig(k=4, seed=3))
