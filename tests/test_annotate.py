@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from toremi.annotate import cli  # noqa: E402
 from toremi.annotate.cluster import ClusterConfig, cluster_stats, default_k, fit_kmeans  # noqa: E402
 from toremi.annotate.corpora import BBC_EXPECTED, bbc_records, write_corpus  # noqa: E402
-from toremi.annotate.embed import EmbedConfig, _chunks, embed_texts  # noqa: E402
+from toremi.annotate.embed import EmbedConfig, _chunks, embed_texts, resolve_backend  # noqa: E402
 from toremi.annotate.keywords import (KeywordsConfig, count_shard, ctfidf_top, load_stop_words,  # noqa: E402
                                       merge_counts)
 from toremi.annotate.label import SimilarityLabeller, TopicSet, margin_pick  # noqa: E402
@@ -175,6 +175,7 @@ def test_chunk_mode_and_defaults():
     assert np.allclose(np.linalg.norm(both[0]), 1, atol=1e-4) and not both[1].any()
     assert float(both[0] @ head[0]) < 0.99  # the tail (bible) counts in chunk mode
     assert [default_k(n) for n in (10, 2225, 1_000_000, 10**9)] == [2, 33, 707, 10_000]
+    assert resolve_backend(EmbedConfig(device="cpu")) == "wordllama"
     with pytest.raises(ValueError, match="k must be"):
         ClusterConfig(k=1)
     st = cluster_stats(np.array([0, 0, 2, -1, 0], np.int32), 4)

@@ -2,7 +2,7 @@
 
 Two backends: ``wordllama`` (static 256-d token embeddings, mean-pooled; thousands of documents
 per second on a CPU, the CPU default) and ``sentence-transformers`` (any model folder or name; the
-shipped all-MiniLM-L6-v2 by default; fp16 on a GPU). Long documents are either truncated (first
+shipped all-MiniLM-L6-v2 by default; fp16 on a GPU, the default there: ``backend=auto``). Long documents are either truncated (first
 ``max_tokens`` tokens / ``max_chars`` characters) or split into chunks whose embeddings are
 averaged (``mode=chunk``), so that the tail of a long document counts too.
 Rows are L2-normalised; an empty document gets an all-zero row (and later no cluster).
@@ -22,7 +22,7 @@ from toremi.io import atomic_path, done_marker, mark_done, read_json, sha256_fil
 
 @dataclasses.dataclass
 class EmbedConfig:
-    backend: Literal["wordllama", "sentence-transformers"] = "wordllama"
+    backend: Literal["auto", "wordllama", "sentence-transformers"] = "auto"  # auto: s-t on a GPU
     model: str = ""             # s-t: folder or name ("" = shipped all-MiniLM-L6-v2)
     batch_size: int = 32
     mode: Literal["truncate", "chunk"] = "truncate"
@@ -108,8 +108,25 @@ class SentenceTransformerEmbedder(Embedder):
         return _normalise(out)
 
 
+def resolve_backend(cfg: EmbedConfig) -> str:
+    """``auto``: sentence-transformers (fp16) where a GPU and the package are present, else the
+    static WordLlama embeddings, which are fast on a CPU."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    import glob
+    import importlib.util
+
+    # Cheap checks first: importing torch costs seconds on a CPU-only machine.
+    if cfg.device == "cpu" or not glob.glob("/dev/nvidia[0-9]*") or \
+            importlib.util.find_spec("sentence_transformers") is None:
+        return "wordllama"
+    import torch
+
+    return "sentence-transformers" if torch.cuda.is_available() else "wordllama"
+
+
 def make_embedder(cfg: EmbedConfig) -> Embedder:
-    if cfg.backend == "wordllama":
+    if resolve_backend(cfg) == "wordllama":
         return WordLlamaEmbedder(cfg)
     return SentenceTransformerEmbedder(cfg)
 
@@ -186,8 +203,8 @@ def save_npy(path: Path, arr: np.ndarray, info: dict) -> None:
 
 def embed_fingerprint(cfg: EmbedConfig) -> str:
     """Hash of the settings that change the vectors (not batch size or progress bars)."""
-    keep = ("backend", "model", "mode", "max_tokens", "max_chars", "chunk_chars", "max_chunks")
-    return sha256_json({k: getattr(cfg, k) for k in keep})[:16]
+    keep = ("model", "mode", "max_tokens", "max_chars", "chunk_chars", "max_chunks")
+    return sha256_json({"backend": resolve_backend(cfg), **{k: getattr(cfg, k) for k in keep}})[:16]
 
 
 def embed_shard(embedder: Embedder, cfg: EmbedConfig, texts: list[str], out: Path) -> dict:
