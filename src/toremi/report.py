@@ -14,6 +14,7 @@ import argparse
 import base64
 import html
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +147,9 @@ def markdown(summary: dict) -> str:
 
 
 # -- figures --------------------------------------------------------------------------------------
-def _series(run: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and [N, K] values of weights.jsonl ``key`` (None -> nan)."""
-    recs = [r for r in run["weights"] if r.get(key) is not None]
+def _series(run: dict, key: str, source: str = "weights") -> tuple[np.ndarray, np.ndarray]:
+    """Steps and [N, K] values of ``key`` in weights.jsonl / metrics.jsonl (None -> nan)."""
+    recs = [r for r in run[source] if r.get(key) is not None]
     steps = np.array([r["step"] for r in recs])
     vals = np.array([[np.nan if v is None else v for v in r[key]] for r in recs], dtype=float)
     return steps, vals
@@ -172,10 +173,16 @@ def _topic_grid(runs, key, ylabel, title, path, noisy=None):
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
     for ax, run in zip(axes.flat, runs):
         k = key if key != "weights" or not run["weights"][0].get("probs") else "probs"
-        steps, vals = _series(run, k)
+        # Per-topic loss: the training log's windows (every log_every steps) when it has them,
+        # finer than the update intervals of weights.jsonl.
+        source = "metrics" if key == "topic_loss" and any(
+            m.get("topic_loss") for m in run["metrics"]) else "weights"
+        steps, vals = _series(run, k, source)
         names = run["info"].get("topic_names") or [str(i) for i in range(vals.shape[1])]
         # Many topics: colour the 8 that moved most (and the noisy one), the rest thin and grey.
-        spread = np.nan_to_num(np.nanmax(vals, 0) - np.nanmin(vals, 0)) if len(vals) else []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # topics with no samples: all nan
+            spread = np.nan_to_num(np.nanmax(vals, 0) - np.nanmin(vals, 0)) if len(vals) else []
         top = set(np.argsort(-np.asarray(spread))[:8].tolist())
         for i in range(vals.shape[1]):
             hi = i in top or names[i] == noisy
@@ -207,13 +214,18 @@ def figures(runs: list[dict], summary: dict, out: Path, noisy: str | None) -> li
 
     made = []
     first = _first_per_label(runs)
-    if first:
-        _topic_grid(first, "weights", "topic weight", "Topic weights (first seed of each method)",
+    moving = [r for r in first if r["weights"][0].get("probs") or len(
+        {tuple(w["weights"]) for w in r["weights"]} | {(1.0,) * len(r["weights"][0]["weights"])}) > 1]
+    if moving:
+        _topic_grid(moving, "weights", "topic weight", "Topic weights (first seed of each method)",
                     out / "weights.png", noisy)
-        made.append(("weights.png", "Topic-weight trajectories; dotted line: stage switch."))
-        _topic_grid(first, "topic_loss", "mean loss", "Per-topic training loss per update interval",
+        made.append(("weights.png", "Topic-weight trajectories (methods whose weights move); "
+                                    "dotted line: stage switch."))
+    if first:
+        _topic_grid(first, "topic_loss", "mean loss", "Per-topic training loss",
                     out / "topic_loss.png", noisy)
-        made.append(("topic_loss.png", "Per-topic loss curves (interval means)."))
+        made.append(("topic_loss.png", "Per-topic training loss (mean per-token loss of the samples "
+                                           "carrying each topic, per logging window)."))
     if any(r["metrics"] for r in runs):
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         colors = {lab: f"C{i}" for i, lab in enumerate(summary["methods"])}
