@@ -132,8 +132,10 @@ def test_bad_requests_fail_clearly(corpus, tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="not one of the topics"):
         noise_main(["--corpus", str(corpus), "--out", str(tmp_path / "x"), "--topic", "Cooking"])
-    with pytest.raises(ConfigError, match="--corpus"):
-        noise_main(["--tokens", str(tmp_path), "--out", str(tmp_path / "y"), "--kind", "chars"])
+    with pytest.raises(ConfigError, match="tokens dir"):
+        noise_main(["--corpus", str(corpus), "--out", str(tmp_path / "y"), "--kind", "tokens"])
+    assert noise_main(["--tokens", str(tmp_path / "none"), "--out", str(tmp_path / "z")]) == 2
+    assert "manifest.json" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="differ"):
         noise_main(["--corpus", str(corpus), "--out", str(corpus)])
 
@@ -166,3 +168,38 @@ def test_token_noise_on_prepared_data(corpus, tmp_path):
         if s["split"] == "val":
             assert (out / s["path"]).read_bytes() == (tokens / s["path"]).read_bytes()
     assert len(open_shard(out / man["shards"][0]["path"])) > 0
+
+
+def doc_tokens(ds) -> dict[str, list[int]]:
+    """Document id -> its tokens, reassembled from the (overlapping by one) sequence windows."""
+    ids = pq.read_table(ds.dir / "documents.parquet").column("id").to_pylist()
+    x = ds.gather(np.arange(len(ds)))
+    out: dict[str, list[int]] = {}
+    for row in range(len(ds)):
+        n = int(ds.length[row])
+        toks = x["input_ids"][row, : n - 1].tolist() + [int(x["labels"][row, n - 2])]
+        key = ids[int(ds.doc[row])]
+        out[key] = out.get(key, [])[:-1] + toks
+    return out
+
+
+def test_text_noise_from_a_tokens_dir(corpus, tmp_path):
+    """--tokens with kind chars: noisy corpus + prepare with the clean tokenizer file."""
+    from toremi.data.shards import TokenDataset
+    from toremi.prepare import PrepareConfig, prepare
+
+    tokens = prepare(PrepareConfig(corpus=corpus, out=tmp_path / "tokens", tokenizer="bpe:300",
+                                   seq_len=48))
+    out = tmp_path / "noisy"
+    assert noise_main(["--tokens", str(tokens), "--out", str(out), "--kind", "chars"]) == 0
+    clean, noisy = TokenDataset(tokens), TokenDataset(out)
+    assert noisy.manifest["tokenizer"]["fingerprint"] == clean.manifest["tokenizer"]["fingerprint"]
+    assert noisy.manifest["noise"]["corrupted"] == 27 and noisy.data_hash != clean.data_hash
+    a, b = doc_tokens(clean), doc_tokens(noisy)
+    hit = tech_ids(corpus)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]) == (k not in hit) for k in a)
+    tok = __import__("toremi.tokenizer", fromlist=["from_file"]).from_file(out / "tokenizer.json")
+    text = docs(corpus)
+    for k in sorted(hit)[:5]:  # the noisy tokens decode to a permutation of the document
+        assert Counter(tok.decode(b[k][:-1])) == Counter(text[k])

@@ -15,6 +15,9 @@ Two levels, chosen by the input:
   topic's training sequences (except ``<|endoftext|>``) by a uniformly random token id; the index
   is unchanged, so no re-tokenization is needed. The manifest's shard hashes and ``data_hash`` are
   updated so that runs on noisy data never pass for runs on clean data.
+- ``--tokens DIR`` with kinds ``chars``/``words``: the corpus route on the corpus the tokens were
+  prepared from (into ``<out>/corpus``), then ``prepare`` with the same settings and the same
+  tokenizer file into ``<out>``.
 
 ``--fraction`` corrupts that share of the topic's documents (chosen with ``--seed``). Each
 document's corruption is seeded by (seed, document id), so the output does not depend on the
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.config import ConfigError, load_config, to_dict
+from toremi.config import ConfigError, from_dict, load_config, to_dict
 from toremi.io import (atomic_path, atomic_write_json, done_marker, mark_done, read_json,
                        sha256_file, sha256_json)
 
@@ -51,13 +54,9 @@ class NoiseConfig:
 
     def __post_init__(self):
         if (self.corpus is None) == (self.tokens is None):
-            raise ConfigError("give exactly one of --corpus (kinds chars, words) or --tokens "
-                              "(kind tokens)")
+            raise ConfigError("give exactly one of --corpus CORPUS_DIR or --tokens TOKENS_DIR")
         if self.kind not in ("chars", "words", "tokens"):
             raise ConfigError(f"kind must be chars, words or tokens, got {self.kind!r}")
-        if self.tokens is not None and self.kind != "tokens":
-            raise ConfigError(f"kind {self.kind!r} changes the text, so it works on the corpus: "
-                              f"use --corpus CORPUS_DIR and re-run `toremi prepare` on --out")
         if self.corpus is not None and self.kind == "tokens":
             raise ConfigError("kind tokens works on a prepared tokens dir: use --tokens DIR")
         if not 0.0 < self.fraction <= 1.0:
@@ -210,8 +209,35 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     return info
 
 
+def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
+    """Text noise for a prepared tokens dir: corrupt its source corpus into ``<out>/corpus``, then
+    prepare that with the same settings and the *same* tokenizer file (so clean and noisy runs
+    share a vocabulary and a retrained BPE cannot absorb the noise) into ``<out>``."""
+    from dataclasses import replace
+
+    from toremi.prepare import PrepareConfig, prepare
+
+    src, out = Path(cfg.tokens), Path(cfg.out)
+    if out.resolve() == src.resolve():
+        raise ConfigError("--out must differ from --tokens (a stage never rewrites its input)")
+    pcfg = from_dict(PrepareConfig, read_json(src / "manifest.json")["config"])
+    ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(out / "corpus"),
+                   annotations=str(pcfg.annotations) if pcfg.annotations else None)
+    info = noisy_corpus(ncfg, log)
+    prepare(replace(pcfg, corpus=out / "corpus", out=out, annotations=None,
+                    tokenizer=str(src / "tokenizer.json")))
+    manifest = read_json(out / "manifest.json")
+    info = {**info, "level": "corpus+prepare", "tokens": str(src)}
+    manifest["noise"] = info
+    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / "noise.json", info)
+    return info
+
+
 def make_noise(cfg: NoiseConfig, log=print) -> dict:
-    return noisy_tokens(cfg, log) if cfg.tokens else noisy_corpus(cfg, log)
+    if cfg.tokens:
+        return noisy_tokens(cfg, log) if cfg.kind == "tokens" else noisy_tokens_via_corpus(cfg, log)
+    return noisy_corpus(cfg, log)
 
 
 def main(argv: list[str] | None = None) -> int:
