@@ -104,3 +104,26 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
 def test_shipped_configs_load(name):
     cfg = load_config(ExperimentConfig, REPO / "configs" / name)
     assert cfg.methods[0].name == "uniform" and len(cfg.seeds) >= 1
+
+
+def test_noise_pipeline_trains_on_noisy_tokens(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    path = write_config(tmp_path, corpus, seeds=[1], evaluate=False, report=False,
+                        methods=[{"name": "uniform", "train": {"method.name": "uniform"}}])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["pipeline"]["noise"] = {"topic": "tech", "kind": "words"}
+    cfg["train"]["steps"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert experiment_main(["--config", str(path)]) == 0
+    res = read_json(tmp_path / "exp" / "results.json")
+    noisy = tmp_path / "exp" / "tokens-noisy"
+    assert res["noise_topic"] == "tech" and res["tokens"] == str(noisy)
+    man = read_json(noisy / "manifest.json")
+    assert man["noise"]["corrupted"] == 16  # every training document labelled tech
+    clean = read_json(tmp_path / "tokens" / "manifest.json")["tokenizer"]
+    assert [man["tokenizer"][k] for k in ("fingerprint", "vocab_size", "eot_id")] == \
+        [clean[k] for k in ("fingerprint", "vocab_size", "eot_id")]  # the same tokenizer
+    from toremi.report import load_run
+
+    run = load_run(tmp_path / "exp" / "runs" / "uniform-s1")
+    assert run["info"]["tokens_dir"] == str(noisy) and run["noise"]["topic"] == "tech"

@@ -8,7 +8,7 @@ resume from their last checkpoint, evaluations are redone only when missing or o
 model, so rerunning the command after an interruption continues where it stopped.
 
 Optionally the config names pipeline stages to run first (``pipeline.corpus``, ``annotate``,
-``noise``, ``prepare``); each is just a call of that stage's function with the given settings.
+``prepare``, ``noise``); each is just a call of that stage's function with the given settings.
 Writes ``<out>/results.json``, ``<out>/results.md`` and (``report: true``) ``<out>/report/``.
 """
 
@@ -38,8 +38,8 @@ class MethodSpec:
 class PipelineConfig:
     corpus: dict[str, Any] | None = None  # CorpusConfig fields -> toremi.corpus.build.build
     annotate: dict[str, Any] | None = None  # AnnotateConfig fields -> Annotator(...).run()
-    noise: dict[str, Any] | None = None  # NoiseConfig fields (corpus/out filled in) -> make_noise
     prepare: dict[str, Any] | None = None  # PrepareConfig fields (corpus filled in) -> prepare
+    noise: dict[str, Any] | None = None  # NoiseConfig fields (tokens/out filled in) -> make_noise
 
 
 @dataclass
@@ -113,24 +113,28 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
             raise ConfigError("pipeline.annotate needs a corpus (pipeline.corpus or corpus:)")
         log(f"experiment: annotate {corpus}")
         Annotator(corpus, None, from_dict(AnnotateConfig, p.annotate, "pipeline.annotate.")).run()
-    train_corpus = corpus
-    if p.noise is not None:
-        from toremi.noise import NoiseConfig, make_noise
-
-        ncfg = from_dict(NoiseConfig, {"corpus": str(corpus), "out": str(Path(cfg.out) / "corpus-noisy"),
-                                       **p.noise}, "pipeline.noise.")
-        done = Path(ncfg.out) / "noise.json"
-        if not (done.exists() and all(read_json(done).get(k) == v for k, v in to_dict(ncfg).items())):
-            make_noise(ncfg, log)
-        train_corpus = Path(ncfg.out)
-        cfg.noise_topic = cfg.noise_topic or ncfg.topic
     tokens = Path(cfg.tokens) if cfg.tokens else None
     if p.prepare is not None:
         from toremi.prepare import PrepareConfig, prepare
 
-        pcfg = from_dict(PrepareConfig, {"corpus": str(train_corpus), **p.prepare}, "pipeline.prepare.")
+        pcfg = from_dict(PrepareConfig, {"corpus": str(corpus), **p.prepare}, "pipeline.prepare.")
         log(f"experiment: prepare {pcfg.corpus} -> {pcfg.out}")
         tokens = prepare(pcfg)
+    if p.noise is not None:
+        # On the prepared (clean) tokens: text noise re-prepares the corrupted corpus with the
+        # clean tokenizer, so noisy and clean runs share one vocabulary.
+        from toremi.noise import NoiseConfig, make_noise
+
+        if tokens is None:
+            raise ConfigError("pipeline.noise needs prepared tokens (pipeline.prepare or tokens:)")
+        ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(Path(cfg.out) / "tokens-noisy"),
+                                       **p.noise}, "pipeline.noise.")
+        done = Path(ncfg.out) / "noise.json"
+        same = ("topic", "kind", "fraction", "seed")
+        if not (done.exists() and all(read_json(done).get(k) == getattr(ncfg, k) for k in same)):
+            make_noise(ncfg, log)
+        tokens = Path(ncfg.out)
+        cfg.noise_topic = cfg.noise_topic or ncfg.topic
     return corpus, tokens
 
 

@@ -100,26 +100,29 @@ def select(candidates: list, fraction: float, seed: int) -> set:
     return {candidates[i] for i in order}
 
 
-def noisy_corpus(cfg: NoiseConfig, log=print) -> dict:
+def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = None,
+                 tid: int | None = None) -> dict:
+    """Corrupt the topic's training documents; ``candidates`` (ids) overrides the attributes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
     src, out = Path(cfg.corpus), Path(cfg.out)
     ann = Path(cfg.annotations) if cfg.annotations else src / "annotations"
-    if not (ann / "topics.json").exists():
-        raise FileNotFoundError(f"{ann}/topics.json missing: run `toremi annotate` on {src} first")
     if out.resolve() == src.resolve():
         raise ConfigError("--out must differ from --corpus (a stage never rewrites its input)")
-    tid = topic_id(read_json(ann / "topics.json")["topic_names"], cfg.topic)
     doc_shards = sorted((src / "documents").glob("*/*.parquet"))
     if not doc_shards:
         raise FileNotFoundError(f"{src}/documents has no shards: build the corpus first")
-    # Documents carrying the topic, from the attributes (joined by id, not by row order).
-    candidates = []
-    for p in sorted((ann / "attributes" / "topics").glob("*/*.parquet")):
-        t = pq.read_table(p, columns=["id", "topic_ids"]).to_pydict()
-        candidates += [i for i, ts in zip(t["id"], t["topic_ids"]) if ts and tid in ts]
+    if candidates is None:
+        if not (ann / "topics.json").exists():
+            raise FileNotFoundError(f"{ann}/topics.json missing: run `toremi annotate` on {src} first")
+        tid = topic_id(read_json(ann / "topics.json")["topic_names"], cfg.topic)
+        # Documents carrying the topic, from the attributes (joined by id, not by row order).
+        candidates = []
+        for p in sorted((ann / "attributes" / "topics").glob("*/*.parquet")):
+            t = pq.read_table(p, columns=["id", "topic_ids"]).to_pydict()
+            candidates += [i for i, ts in zip(t["id"], t["topic_ids"]) if ts and tid in ts]
     chosen = select(sorted(candidates), cfg.fraction, cfg.seed)
     # Copy everything except the training documents and the (text-derived) embeddings.
     skip = {(src / "documents").resolve(), (ann / "embeddings").resolve(), out.resolve()}
@@ -128,7 +131,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print) -> dict:
             dest = out / p.relative_to(src)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, dest)
-    if not str(ann.resolve()).startswith(str(src.resolve())):
+    if ann.exists() and not str(ann.resolve()).startswith(str(src.resolve())):
         shutil.copytree(ann, out / "annotations", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("embeddings"))
     corrupt = CORRUPT[cfg.kind]
@@ -220,10 +223,20 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
     src, out = Path(cfg.tokens), Path(cfg.out)
     if out.resolve() == src.resolve():
         raise ConfigError("--out must differ from --tokens (a stage never rewrites its input)")
-    pcfg = from_dict(PrepareConfig, read_json(src / "manifest.json")["config"])
+    import pyarrow.parquet as pq
+
+    if not (src / "manifest.json").exists():
+        raise FileNotFoundError(f"{src}/manifest.json missing: run `toremi prepare` first")
+    manifest = read_json(src / "manifest.json")
+    pcfg = from_dict(PrepareConfig, manifest["config"])
+    # The topic's documents as the tokens dir labels them (annotations, domains or labels).
+    tid = topic_id(manifest["topic_names"], cfg.topic)
+    with np.load(src / "index-train.npz") as z:
+        docs = np.unique(z["doc"][(z["topics"] == tid).any(1)])
+    ids = pq.read_table(src / "documents.parquet").column("id").to_pylist()
     ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(out / "corpus"),
                    annotations=str(pcfg.annotations) if pcfg.annotations else None)
-    info = noisy_corpus(ncfg, log)
+    info = noisy_corpus(ncfg, log, candidates=[ids[d] for d in docs], tid=tid)
     prepare(replace(pcfg, corpus=out / "corpus", out=out, annotations=None,
                     tokenizer=str(src / "tokenizer.json")))
     manifest = read_json(out / "manifest.json")
