@@ -228,3 +228,16 @@ def test_cli_unlabelled_tokens_warn_and_train(tiny_corpus, tmp_path, capsys):
     assert m[-1]["step"] == 3 and m[-2]["loss"] is not None
     cfg = load_config(TrainConfig, run / "config.yaml")  # the saved config loads back
     assert cfg.method.name == "toremi-sampling" and cfg.method.tau == float("inf")
+
+
+def test_every_named_size_builds_and_runs():
+    from toremi.model import GPT, SIZES, GPTConfig
+
+    for size in SIZES:
+        cfg = GPTConfig.named(size, vocab_size=100, block_size=8)
+        if cfg.n_layer * cfg.n_embd > 12 * 768:
+            continue  # bigger than gpt2: shape check only
+        if size in ("gpt2",):
+            continue
+        model = GPT(cfg)
+        assert model(torch.zeros(1, 8, dtype=torch.long)).shape[-1] >= 100

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 SIZES = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64),
     "small-cpu": dict(n_layer=4, n_head=4, n_embd=128),
-    "medium-cpu": dict(n_layer=6, n_head=6, n_embd=256),
+    "medium-cpu": dict(n_layer=6, n_head=4, n_embd=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),           # 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),   # 350M
 }
@@ -36,6 +36,10 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     pad_vocab_to: int = 64           # embedding rows padded to a multiple (50257 -> 50304)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
     @property
     def padded_vocab(self) -> int:
