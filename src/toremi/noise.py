@@ -103,6 +103,7 @@ def select(candidates: list, fraction: float, seed: int) -> set:
 def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = None,
                  tid: int | None = None) -> dict:
     """Corrupt the topic's training documents; ``candidates`` (ids) overrides the attributes."""
+    tid_given = candidates is not None
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -166,7 +167,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
     (out / "noise_ids.txt").write_text("".join(f"{d}\n" for d in sorted(chosen)))
     atomic_write_json(out / "noise.json", info)
     log(f"noise: corrupted {info['corrupted']} of {len(candidates)} {cfg.topic} documents "
-        f"({cfg.kind}) -> {out}; next: toremi prepare on it")
+        f"({cfg.kind}) -> {out}" + ("" if tid_given else "; next: `toremi prepare` on it"))
     return info
 
 
