@@ -23,7 +23,7 @@ demo: setup sources
 	$(VENV)/bin/toremi demo
 
 test: setup sources chromium
-	$(PY) -m pytest -x --timeout=900 tests
+	$(PY) -m pytest -x --timeout=900 -p no:cacheprovider tests
 
 bench: setup sources
 	$(PY) bench/prepare.py
