@@ -193,6 +193,10 @@ def test_hf_export_matches_and_final_dir(tiny_tokens, tmp_path):
     run = train(make_cfg(tiny_tokens, tmp_path / "run", "steps=3", "eval_every=0"))
     final = run / "final"
     assert (final / "tokenizer.json").read_text() == (tiny_tokens / "tokenizer.json").read_text()
+    from toremi.tokenizer import from_file
+
+    hf_cfg = json.loads((final / "config.json").read_text())
+    assert hf_cfg["eos_token_id"] == from_file(tiny_tokens / "tokenizer.json").eot_id
     ours = load_hf(final).eval()
     hf = GPT2LMHeadModel.from_pretrained(final).eval()
     x = torch.randint(0, 512, (2, 64))

@@ -159,18 +159,20 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def hf_config(c: GPTConfig) -> dict:
+def hf_config(c: GPTConfig, eot_id: int | None = None) -> dict:
+    """HF GPT-2 config; ``eot_id`` is the tokenizer's <|endoftext|> (0 for a trained bpe:N)."""
+    eot = c.vocab_size - 1 if eot_id is None else eot_id
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": c.padded_vocab, "n_positions": c.block_size, "n_ctx": c.block_size,
             "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
             "activation_function": "gelu_new", "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
             "attn_pdrop": c.dropout, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-            "tie_word_embeddings": True, "bos_token_id": c.vocab_size - 1,
-            "eos_token_id": c.vocab_size - 1, "torch_dtype": "float32",
+            "tie_word_embeddings": True, "bos_token_id": eot,
+            "eos_token_id": eot, "torch_dtype": "float32",
             "toremi": {**asdict(c), "tokenizer_vocab_size": c.vocab_size}}
 
 
-def save_hf(model: GPT, out_dir: str | Path) -> Path:
+def save_hf(model: GPT, out_dir: str | Path, eot_id: int | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` loadable by ``GPT2LMHeadModel.from_pretrained``.
     The padded vocabulary is kept (rows past the tokenizer are never targets), so a save/load round
     trip is exact and the file doubles as the training checkpoint's weights."""
@@ -190,7 +192,7 @@ def save_hf(model: GPT, out_dir: str | Path) -> Path:
         tensors[name] = (p.t() if name.endswith(_TRANSPOSED) else p).contiguous()
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_json(out / "config.json", hf_config(model.config))
+    atomic_write_json(out / "config.json", hf_config(model.config, eot_id))
     return out
 
 

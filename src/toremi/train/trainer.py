@@ -236,7 +236,7 @@ class Trainer(StepEngine):
         self.save(log)
         if d.is_main:
             final = self.run_dir / "final"
-            save_hf(self.model, final)
+            save_hf(self.model, final, eot_id=self.ds.eot_id)
             tok = Path(c.tokens_dir) / "tokenizer.json"
             if tok.exists():
                 atomic_write_text(final / "tokenizer.json", tok.read_text())
