@@ -136,3 +136,30 @@ def test_missing_annotations_warn_and_leave_samples_unlabelled(tiny_corpus, tmp_
     assert "no topic annotations" in capsys.readouterr().err
     ds = TokenDataset(out)
     assert ds.num_topics == 0 and (ds.topics == -1).all()
+
+
+def test_target_bytes_add_up_to_each_document(tiny_corpus, tiny_tokens):
+    ds = TokenDataset(tiny_tokens)
+    docs = pq.read_table(tiny_tokens / "documents.parquet").column("id").to_pylist()
+    table = pq.read_table(tiny_corpus / "documents" / "sports" / "shard-00000.parquet")
+    text_by_id = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    checked = 0
+    for doc in np.unique(ds.doc)[:200]:
+        if docs[doc] not in text_by_id:
+            continue
+        rows = np.nonzero(ds.doc == doc)[0]
+        batch = ds.gather(rows)
+        first_token_bytes = len(from_file(tiny_tokens / "tokenizer.json").decode(
+            batch["input_ids"][0, :1].tolist()).encode())
+        assert int(batch["target_bytes"].sum()) + first_token_bytes == len(
+            text_by_id[docs[doc]].encode("utf-8"))
+        checked += 1
+    assert checked >= 10
+
+
+def test_gpt2_token_byte_lengths():
+    tok = gpt2()
+    lengths = tok.token_byte_lengths()
+    assert lengths[tok.eot_id] == 0
+    for text in ("Hello world", "naïve café — ok", "日本"):
+        assert lengths[tok.encode(text)].sum() == len(text.encode("utf-8"))

@@ -119,7 +119,8 @@ class TopicLookup:
 
 
 def _prepare_shard(shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConfig,
-                   topics: TopicLookup, domain_ids: dict[str, int], out_bin: Path) -> dict:
+                   topics: TopicLookup, domain_ids: dict[str, int], out_bin: Path,
+                   token_bytes: np.ndarray) -> dict:
     table = pq.read_table(shard, columns=["id", "text", "domain", "label"])
     texts = table.column("text").to_pylist()
     doc_topics = topics.for_shard(split_dir, shard, table)
@@ -132,9 +133,12 @@ def _prepare_shard(shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConf
                        dtype=token_dtype(tok.vocab_size), count=int(lengths.sum()))
     write_shard(out_bin, flat)
     doc, start, length = cut_windows(lengths, cfg.seq_len)
+    byte_cumsum = np.concatenate([[0], np.cumsum(token_bytes[flat], dtype=np.int64)])
     doc_offset = np.cumsum(lengths) - lengths
     domain = np.array([domain_ids[d] for d in table.column("domain").to_pylist()], dtype=np.int16)
-    index = {"offset": doc_offset[doc] + start, "length": length.astype(np.int32),
+    offset = doc_offset[doc] + start
+    index = {"offset": offset, "length": length.astype(np.int32),
+             "bytes": (byte_cumsum[offset + length] - byte_cumsum[offset + 1]).astype(np.int32),
              "doc_row": doc, "domain": domain[doc], "topics": doc_topics[doc]}
     with atomic_path(out_bin.with_suffix(".idx.npz")) as tmp:
         with open(tmp, "wb") as f:
@@ -186,6 +190,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     if cfg.topics_from == "label":  # label vocabulary must be fixed before shards are cut
         for shard in train_shards:
             topics.for_shard("documents", shard, pq.read_table(shard, columns=["label", "domain"]))
+    token_bytes = tok.token_byte_lengths()
     jobs = [("train", "documents", s) for s in train_shards] + [("val", "eval", s) for s in eval_shards]
     stats: list[dict] = []
     bar = tqdm(jobs, desc="prepare", unit="shard", disable=None)
@@ -196,7 +201,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         if is_done(out_bin) and meta_path.exists() and read_json(meta_path)["source"] == source:
             info = read_json(meta_path)
         else:
-            info = _prepare_shard(shard, split_dir, tok, cfg, topics, domain_ids, out_bin)
+            info = _prepare_shard(shard, split_dir, tok, cfg, topics, domain_ids, out_bin, token_bytes)
             info.update(split=split, source=source,
                         domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)))
             atomic_write_json(meta_path, info)
@@ -221,7 +226,7 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
     for split, items in parts.items():
         merged = {k: np.concatenate([p[k] for p in items]) if items else np.zeros(
             (0, cfg.max_topics) if k == "topics" else 0, dtype=np.int32)
-            for k in ("shard", "offset", "length", "doc", "domain", "topics")}
+            for k in ("shard", "offset", "length", "bytes", "doc", "domain", "topics")}
         if split == "val" and len(merged["offset"]):  # cap per domain, spread over documents
             keep = np.concatenate([
                 rng.permutation(np.nonzero(merged["domain"] == d)[0])[: cfg.val_sequences_per_domain]

@@ -46,6 +46,24 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
+    def token_byte_lengths(self) -> "np.ndarray":
+        """UTF-8 bytes each token id stands for (special tokens: 0), for per-byte statistics.
+
+        Byte-level BPE tokens are strings over GPT-2's byte alphabet (one char per byte), so the
+        length of the token string is its byte count; other tokenizers decode each id."""
+        import numpy as np
+
+        alphabet = _byte_alphabet()
+        specials = {t.content for t in self.backend.get_added_tokens_decoder().values()}
+        out = np.zeros(self.vocab_size, dtype=np.int32)
+        for i in range(self.vocab_size):
+            tok = self.backend.id_to_token(i)
+            if tok is None or tok in specials:
+                continue
+            out[i] = len(tok) if all(ch in alphabet for ch in tok) else len(
+                self.backend.decode([i]).encode("utf-8"))
+        return out
+
     def save(self, path: Path) -> None:
         from toremi.io import atomic_write_text
 
@@ -54,6 +72,13 @@ class Tokenizer:
     def info(self) -> dict:
         return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
                 "fingerprint": self.fingerprint}
+
+
+def _byte_alphabet() -> set[str]:
+    """The 256 printable characters byte-level BPE uses for the 256 byte values."""
+    from tokenizers import pre_tokenizers
+
+    return set(pre_tokenizers.ByteLevel.alphabet())
 
 
 def gpt2_files() -> tuple[Path, Path]:

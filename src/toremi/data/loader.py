@@ -28,9 +28,12 @@ class Batch:
     topic_ids: torch.Tensor   # [B, M] long, -1 padding
     domain_ids: torch.Tensor  # [B] long
     sample_index: torch.Tensor  # [B] long, row in the dataset index
+    target_bytes: torch.Tensor | None = None  # [B] long, UTF-8 bytes of the targets
+
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+        return Batch(**{f.name: None if getattr(self, f.name) is None else
+                        getattr(self, f.name).to(device, non_blocking=non_blocking)
                         for f in fields(self)})
 
     @property

@@ -69,6 +69,7 @@ class TokenDataset:
             self.shard = z["shard"]
             self.offset = z["offset"]
             self.length = z["length"]
+            self.bytes = z["bytes"]  # UTF-8 bytes of each sequence's targets
             self.doc = z["doc"]
             self.domain = z["domain"]
             self.topics = z["topics"]
@@ -117,5 +118,6 @@ class TokenDataset:
             "labels": torch.from_numpy(labels),
             "topic_ids": torch.from_numpy(self.topics[indices].astype(np.int64)),
             "domain_ids": torch.from_numpy(self.domain[indices].astype(np.int64)),
+            "target_bytes": torch.from_numpy(self.bytes[indices].astype(np.int64)),
             "sample_index": torch.from_numpy(indices),
         }

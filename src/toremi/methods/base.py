@@ -61,6 +61,10 @@ class MethodConfig:
     absent: Literal["keep", "zero"] = "keep"  # topic absent from an interval: keep its weight
     unlabelled_weight: float = 1.0        # weight of samples with no topic (authors: 0)
     loss_norm: Optional[Literal["weighted_mean", "mean"]] = None
+    # What "a topic's loss" means for the update: mean NLL per target token (the paper), or per
+    # UTF-8 byte of the targets. Per byte does not reward text that breaks into many cheap tokens
+    # (e.g. character-shuffled noise, whose per-token loss is LOW), so noise stays visible.
+    stat_unit: Literal["token", "byte"] = "token"
     tau: float = math.inf                 # stratified: p ∝ n^(1/tau); inf = uniform over topics
     odm_smoothing: float = 0.9            # ODM reward moving-average factor
 

@@ -53,6 +53,15 @@ class StepEngine:
         l, n = per_sample_loss(logits, labels)
         return (s * l).sum() * inv_norm, l, n
 
+    def statistic(self, l: torch.Tensor, n: torch.Tensor, batches: list[Batch]) -> torch.Tensor:
+        """Per-sample loss the method sees: per target token, or per target byte (stat_unit)."""
+        if self.mcfg.stat_unit == "token":
+            return l
+        if any(b.target_bytes is None for b in batches):
+            raise ValueError("method.stat_unit=byte needs target_bytes in batches (re-run prepare)")
+        nbytes = torch.cat([b.target_bytes for b in batches]).to(l.dtype)
+        return l * n / nbytes.clamp(min=1)
+
     def set_weights(self, topic_weights: torch.Tensor) -> None:
         self.w_dev = topic_weights.to(self.dev, torch.float32)
 
@@ -87,8 +96,9 @@ class StepEngine:
         l, n = torch.cat(ls), torch.cat(ns)
         tids = torch.cat([b.topic_ids for b in batches])
         valid = (n > 0) & torch.isfinite(l) & ok
-        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l, tids, valid)
-        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l, tids, valid)
+        l_stat = self.statistic(l, n, batches)
+        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l_stat, tids, valid)
+        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l_stat, tids, valid)
         nv = n.double() * valid
         self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
         self.log_sums[1] += nv.sum()
