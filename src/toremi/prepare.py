@@ -29,6 +29,9 @@ from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_
 from toremi.tokenizer import Tokenizer, from_file, load_tokenizer
 
 
+INDEX_VERSION = 2  # bump when the per-shard index gains fields: older shards are redone on resume
+
+
 @dataclass
 class PrepareConfig:
     corpus: Path = Path("out/corpus")
@@ -198,11 +201,12 @@ def prepare(cfg: PrepareConfig) -> Path:
         out_bin = cfg.out / "shards" / f"{split}-{k:05d}.bin"
         meta_path = out_bin.with_suffix(".meta.json")
         source = str(shard.relative_to(cfg.corpus))
-        if is_done(out_bin) and meta_path.exists() and read_json(meta_path)["source"] == source:
-            info = read_json(meta_path)
+        meta = read_json(meta_path) if is_done(out_bin) and meta_path.exists() else {}
+        if meta.get("source") == source and meta.get("index_version") == INDEX_VERSION:
+            info = meta
         else:
             info = _prepare_shard(shard, split_dir, tok, cfg, topics, domain_ids, out_bin, token_bytes)
-            info.update(split=split, source=source,
+            info.update(split=split, source=source, index_version=INDEX_VERSION,
                         domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)))
             atomic_write_json(meta_path, info)
             mark_done(out_bin, {"tokens": info["tokens"]})
