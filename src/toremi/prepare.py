@@ -13,11 +13,13 @@ import itertools
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -121,15 +123,21 @@ class TopicLookup:
         return out
 
 
-def _prepare_shard(shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConfig,
-                   topics: TopicLookup, domain_ids: dict[str, int], out_bin: Path,
-                   token_bytes: np.ndarray) -> dict:
+def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int):
+    """Read a document shard and tokenize it (runs in a worker thread: the encoder frees the GIL)."""
     table = pq.read_table(shard, columns=["id", "text", "domain", "label"])
     texts = table.column("text").to_pylist()
-    doc_topics = topics.for_shard(split_dir, shard, table)
     ids: list[list[int]] = []
-    for start in range(0, len(texts), cfg.batch_docs):
-        ids.extend(tok.encode_batch(texts[start:start + cfg.batch_docs]))
+    for start in range(0, len(texts), batch_docs):
+        ids.extend(tok.encode_batch(texts[start:start + batch_docs]))
+    return table, ids
+
+
+def _prepare_shard(encoded, shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConfig,
+                   topics: TopicLookup, domain_ids: dict[str, int], out_bin: Path,
+                   token_bytes: np.ndarray) -> dict:
+    table, ids = encoded
+    doc_topics = topics.for_shard(split_dir, shard, table)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     eot = [tok.eot_id]
     flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, eot) for x in ids),
@@ -146,9 +154,9 @@ def _prepare_shard(shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConf
     with atomic_path(out_bin.with_suffix(".idx.npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **index)
-    return {"documents": len(texts), "tokens": int(lengths.sum()), "sequences": len(doc),
+    return {"documents": table.num_rows, "tokens": int(lengths.sum()), "sequences": len(doc),
             "doc_ids": table.column("id").to_pylist(),
-            "bytes": int(sum(len(t.encode("utf-8")) for t in texts))}
+            "bytes": int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)}
 
 
 def _resolve_tokenizer(cfg: PrepareConfig) -> Tokenizer:
@@ -196,22 +204,38 @@ def prepare(cfg: PrepareConfig) -> Path:
     token_bytes = tok.token_byte_lengths()
     jobs = [("train", "documents", s) for s in train_shards] + [("val", "eval", s) for s in eval_shards]
     stats: list[dict] = []
+    out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
+    finished = {}
+    for k, (_, _, shard) in enumerate(jobs):
+        meta_path = out_bins[k].with_suffix(".meta.json")
+        meta = read_json(meta_path) if is_done(out_bins[k]) and meta_path.exists() else {}
+        if meta.get("source") == str(shard.relative_to(cfg.corpus)) and \
+                meta.get("index_version") == INDEX_VERSION:
+            finished[k] = meta
+    todo = [k for k in range(len(jobs)) if k not in finished]
+    # Tokenize the next shard in a thread while this one is cut, indexed and written.
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = {k: pool.submit(_read_and_encode, jobs[k][2], tok, cfg.batch_docs) for k in todo[:1]}
     bar = tqdm(jobs, desc="prepare", unit="shard", disable=None)
     for k, (split, split_dir, shard) in enumerate(bar):
-        out_bin = cfg.out / "shards" / f"{split}-{k:05d}.bin"
+        out_bin = out_bins[k]
         meta_path = out_bin.with_suffix(".meta.json")
         source = str(shard.relative_to(cfg.corpus))
-        meta = read_json(meta_path) if is_done(out_bin) and meta_path.exists() else {}
-        if meta.get("source") == source and meta.get("index_version") == INDEX_VERSION:
-            info = meta
+        if k in finished:
+            info = finished[k]
         else:
-            info = _prepare_shard(shard, split_dir, tok, cfg, topics, domain_ids, out_bin, token_bytes)
+            nxt = todo.index(k) + 1
+            if nxt < len(todo):
+                pending[todo[nxt]] = pool.submit(_read_and_encode, jobs[todo[nxt]][2], tok, cfg.batch_docs)
+            info = _prepare_shard(pending.pop(k).result(), shard, split_dir, tok, cfg, topics,
+                                  domain_ids, out_bin, token_bytes)
             info.update(split=split, source=source, index_version=INDEX_VERSION,
                         domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)))
             atomic_write_json(meta_path, info)
             mark_done(out_bin, {"tokens": info["tokens"]})
         stats.append(info)
         bar.set_postfix(tokens=sum(s["tokens"] for s in stats))
+    pool.shutdown()
     return _finalize(cfg, tok, stats, domains, topics, time.time() - t0)
 
 
