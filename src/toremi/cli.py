@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"toremi {stage}: config error: {exc}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if os.environ.get("TOREMI_DEBUG"):
+            raise
+        print(f"toremi {stage}: error: {exc}\n(set TOREMI_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"toremi {stage}: interrupted; completed shards are kept, rerun to resume",
               file=sys.stderr)
