@@ -60,6 +60,20 @@ def plain_step(model, opt, fwd, batch, clip):
     opt.zero_grad(set_to_none=True)
 
 
+
+def authors_loss(ce, topic_ids, weights, stats):
+    """The released code's weighting: a Python loop over samples with one host sync per sample."""
+    b, t = ce.shape
+    losses = []
+    for i in range(b):
+        li = ce[i].sum() / t
+        topics = [x for x in topic_ids[i].tolist() if x >= 0]
+        w = sum(weights[x] for x in topics) / len(topics) if topics else 0.0
+        for x in topics:
+            stats.setdefault(x, []).append(li.item())
+        losses.append(w * li)
+    return torch.stack(losses).mean()
+
 def authors_step(model, opt, batch, weights: list[float], stats: dict, amp, clip):
     """Re-implementation of the authors' loss: a Python loop over samples, host syncs per sample,
     loss divided by the padded length, unlabelled samples weight 0, mean (not weighted mean)."""
@@ -68,15 +82,7 @@ def authors_step(model, opt, batch, weights: list[float], stats: dict, amp, clip
     b, t = batch.labels.shape
     ce = F.cross_entropy(logits.float().view(b * t, -1), batch.labels.view(-1), ignore_index=-100,
                          reduction="none").view(b, t)
-    losses = []
-    for i in range(b):
-        li = ce[i].sum() / t
-        topics = [x for x in batch.topic_ids[i].tolist() if x >= 0]
-        w = sum(weights[x] for x in topics) / len(topics) if topics else 0.0
-        for x in topics:
-            stats.setdefault(x, []).append(li.item())
-        losses.append(w * li)
-    loss = torch.stack(losses).mean()
+    loss = authors_loss(ce, batch.topic_ids, weights, stats)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
@@ -116,15 +122,7 @@ def machinery_ms(engine: StepEngine, batch: Batch, reps: int = 100) -> tuple[flo
         return loss
 
     def authors():
-        losses = []
-        for i in range(b):
-            li = ce[i].sum() / t
-            topics = [x for x in batch.topic_ids[i].tolist() if x >= 0]
-            w = sum(weights[x] for x in topics) / len(topics) if topics else 0.0
-            for x in topics:
-                stats.setdefault(x, []).append(li.item())
-            losses.append(w * li)
-        return torch.stack(losses).mean()
+        return authors_loss(ce, batch.topic_ids, weights, stats)
     out, threads = [], torch.get_num_threads()
     if engine.dev.type == "cpu":  # tiny ops: on a shared CPU, OpenMP barriers stall on idle threads
         torch.set_num_threads(1)
