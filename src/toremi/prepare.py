@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from toremi import __version__
+from toremi.corpus.documents import iter_shards
 from toremi.config import load_config, save_config, to_dict
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
@@ -55,10 +56,13 @@ class PrepareConfig:
 
 
 def document_shards(corpus: Path, split: str) -> list[Path]:
-    folder = corpus / ("documents" if split == "train" else "eval")
-    shards = sorted(folder.glob("*/*.parquet"))
+    """Document shards of ``train`` or ``eval`` (a corpus without held-out documents has none)."""
+    try:
+        shards = iter_shards(corpus, split)
+    except FileNotFoundError:
+        shards = []
     if split == "train" and not shards:
-        raise FileNotFoundError(f"{folder}: no document shards; run `toremi corpus build` first")
+        raise FileNotFoundError(f"{corpus / 'documents'}: no document shards; run `toremi corpus build` first")
     return shards
 
 
