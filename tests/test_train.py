@@ -220,28 +220,35 @@ def test_cli_unlabelled_tokens_warn_and_train(tiny_corpus, tmp_path, capsys):
     tokens = prepare(PrepareConfig(corpus=tiny_corpus, out=tmp_path / "tok", tokenizer="bpe:512",
                                    seq_len=64, topics_from="none", bpe_train_mb=0.3))
     run = tmp_path / "run"
-    rc = main(["--tokens", str(tokens), "--out", str(run), "method=toremi-sampling", "steps=3",
+    rc = main(["--tokens", str(tokens), "--out", str(run), "method=toremi", "steps=3",
                "batch_size=2", "progress=false", "method.interval=1", "eval_batches=1"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "has no topic labels" in out
     info = read_json(run / "run.json")
     assert info["labelled"] is False and info["status"] == "done" and info["warnings"]
-    assert info["method_options"]["name"] == "toremi-sampling"
+    assert info["method_options"]["name"] == "toremi"
     m = read_jsonl(run / "metrics.jsonl")
     assert m[-1]["step"] == 3 and m[-2]["loss"] is not None
     cfg = load_config(TrainConfig, run / "config.yaml")  # the saved config loads back
-    assert cfg.method.name == "toremi-sampling" and cfg.method.tau == float("inf")
+    assert cfg.method.name == "toremi" and cfg.method.unlabelled_weight == 1.0
 
 
 def test_every_named_size_builds_and_runs():
+    """CPU sizes run a real forward; the GPT-2 sizes are built on the meta device (no memory) and
+    must have exactly the parameter count of OpenAI's GPT-2 124M / 355M (HF GPT2LMHeadModel)."""
     from toremi.model import GPT, SIZES, GPTConfig
 
+    hf_params = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168}
+    assert set(hf_params) < set(SIZES)
     for size in SIZES:
-        cfg = GPTConfig.named(size, vocab_size=100, block_size=8)
-        if cfg.n_layer * cfg.n_embd > 12 * 768:
-            continue  # bigger than gpt2: shape check only
-        if size in ("gpt2",):
+        if size in hf_params:
+            with torch.device("meta"):
+                model = GPT(GPTConfig.named(size, vocab_size=50257, block_size=1024, pad_vocab_to=1))
+                out = model(torch.zeros(1, 8, dtype=torch.long))
+            assert model.num_params(non_embedding=False) == hf_params[size], size
+            assert out.shape == (1, 8, 50257), size
             continue
-        model = GPT(cfg)
-        assert model(torch.zeros(1, 8, dtype=torch.long)).shape[-1] >= 100
+        model = GPT(GPTConfig.named(size, vocab_size=100, block_size=8))
+        out = model(torch.zeros(1, 8, dtype=torch.long))
+        assert out.shape == (1, 8, 128) and torch.isfinite(out).all(), size

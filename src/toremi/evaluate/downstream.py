@@ -47,8 +47,10 @@ def encode_pair(lm: LoadedModel, context: str, continuation: str) -> tuple[list[
 
 
 def multiple_choice(lm: LoadedModel, contexts: list[str], choices: list[list[str]],
-                    gold: list[int], batch_size: int = 8, desc: str | None = None) -> dict:
-    """acc / acc_norm over items given as context, choice strings and the gold choice index."""
+                    gold: list[int], batch_size: int = 8, desc: str | None = None,
+                    return_loglik: bool = False) -> dict:
+    """acc / acc_norm over items given as context, choice strings and the gold choice index;
+    ``return_loglik`` adds ``loglik``: each item's per-choice log-likelihoods (for parity checks)."""
     windows, n_cont, owner = [], [], []
     for item, (ctx, opts) in enumerate(zip(contexts, choices)):
         for opt in opts:
@@ -59,17 +61,21 @@ def multiple_choice(lm: LoadedModel, contexts: list[str], choices: list[list[str
             n_cont.append(min(len(k), len(windows[-1]) - 1))
             owner.append(item)
     ll, _ = score(lm, windows, np.array(n_cont), batch_size=batch_size, progress=desc)
-    acc, acc_norm, start = [], [], 0
+    acc, acc_norm, per_item, start = [], [], [], 0
     for opts, g in zip(choices, gold):
         lls = ll[start:start + len(opts)]
+        per_item.append(lls.tolist())
         start += len(opts)
         lengths = np.array([float(len(o)) for o in opts])
         acc.append(float(np.argmax(lls) == g))
         acc_norm.append(float(np.argmax(lls / lengths) == g))
     n = len(gold)
-    return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "n": n,
-            "acc_stderr": float(np.std(acc, ddof=1) / np.sqrt(n)) if n > 1 else None,
-            "chance": float(np.mean([1 / len(o) for o in choices]))}
+    out = {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "n": n,
+           "acc_stderr": float(np.std(acc, ddof=1) / np.sqrt(n)) if n > 1 else None,
+           "chance": float(np.mean([1 / len(o) for o in choices]))}
+    if return_loglik:
+        out["loglik"] = per_item
+    return out
 
 
 def load_piqa(piqa_dir: Path, max_items: int | None = None, seed: int = 0):
