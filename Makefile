@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TOREMI_SOURCES ?= $(CURDIR)/.cache/sources
 
-.PHONY: setup sources chromium demo test bench quality noise corpus-full clean
+.PHONY: setup sources chromium demo test bench quality noise corpus-full mutants clean
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,12 @@ demo: setup sources
 
 test: setup sources chromium
 	$(PY) -m pytest -x --timeout=900 -p no:cacheprovider tests
+
+# Mutation check (not part of `make test`/CI): the named core-invariant mutants must all be killed,
+# then mutmut on methods/, train/step.py, data/loader.py and the eval scoring with the fast tests.
+mutants: setup sources
+	$(VENV)/bin/pip install -q mutmut==3.8.1
+	nice -n 10 $(PY) scripts/mutants.py; rc=$$?; nice -n 10 $(PY) scripts/mutants.py --mutmut; exit $$rc
 
 bench: setup sources
 	$(PY) bench/prepare.py
