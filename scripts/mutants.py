@@ -123,7 +123,7 @@ def test_env(src: Path) -> dict:
     return env
 
 
-def run_mutmut(paths: list[str], tests: list[str], children: int) -> int:
+def run_mutmut(paths: list[str], tests: list[str], children: int, budget: int | None = None) -> int:
     """mutmut 3 in a temporary copy of src/ + tests/; killed / survived per file."""
     import json
 
@@ -131,15 +131,24 @@ def run_mutmut(paths: list[str], tests: list[str], children: int) -> int:
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     cfg = (ROOT / "pyproject.toml").read_text()
-    cfg += ("\n[tool.mutmut]\n" f"paths_to_mutate = {json.dumps(paths)}\n"
-            f"tests_dir = {json.dumps(tests)}\n" 'source_paths = ["src"]\n'
+    # source_paths: the whole package is copied (and importable); only_mutate: what gets mutated
+    globs = [p.rstrip("/") + "/*" if (ROOT / p).is_dir() else p for p in paths]
+    cfg += ("\n[tool.mutmut]\n" 'source_paths = ["src"]\n' f"only_mutate = {json.dumps(globs)}\n"
+            f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly"]\n')
     (work / "pyproject.toml").write_text(cfg)
     env = test_env(work / "mutants" / "src")
+    # mutmut puts mutants/src first on sys.path itself once it exists; a PYTHONPATH entry naming it
+    # before it exists is cached as "no such dir" and would import the unmutated package instead
+    env.pop("PYTHONPATH")
     mutmut = [sys.executable, "-m", "mutmut"]
     print(f"mutmut in {work}: mutating {paths}\n  with {tests}", flush=True)
     t0 = time.time()
-    subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env)
+    try:  # a time budget stops the run; mutants not reached are reported as "not checked"
+        subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
+                       timeout=budget)
+    except subprocess.TimeoutExpired:
+        print(f"\nmutmut stopped after the {budget}s budget", flush=True)
     res = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env,
                          capture_output=True, text=True).stdout
     counts: dict[str, dict[str, int]] = {}
@@ -211,9 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--paths", nargs="+", default=MUTMUT_PATHS)
     ap.add_argument("--tests", nargs="+", default=MUTMUT_TESTS)
     ap.add_argument("--children", type=int, default=2)
+    ap.add_argument("--budget", type=int, default=None, help="mutmut: stop after this many seconds")
     args = ap.parse_args(argv)
     if args.mutmut:
-        return run_mutmut(args.paths, args.tests, args.children)
+        return run_mutmut(args.paths, args.tests, args.children, args.budget)
     chosen = [m for m in MUTANTS if not args.only or args.only.lower() in m.name.lower()]
     if args.list:
         for m in chosen:
