@@ -110,7 +110,7 @@ MUTANTS = [
 
 MUTMUT_PATHS = ["src/toremi/methods/", "src/toremi/train/step.py", "src/toremi/data/loader.py",
                 "src/toremi/evaluate/__init__.py", "src/toremi/evaluate/downstream.py"]
-MUTMUT_TESTS = ["tests/test_methods.py", "tests/test_guards_step.py", "tests/test_data.py",
+MUTMUT_TESTS = ["tests/test_methods.py", "tests/test_guards_methods.py", "tests/test_guards_step.py", "tests/test_data.py",
                 "tests/test_eval.py"]
 
 
