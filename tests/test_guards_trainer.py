@@ -195,7 +195,9 @@ def test_trainer_trains_on_the_method_weights(method, tiny_tokens, tmp_path, mon
         s = [np.mean([weights[t] for t in ts]) for _, ts in rows]
         norm = len(rows) if method == "loss_norm=mean" else sum(s)
         want = sum(si * l for si, (l, _) in zip(s, rows)) / norm
-        assert logged[step] == pytest.approx(want, rel=1e-4), (
+        # fp32 forward both ways, different reduction order: ~1e-6 relative. Ignoring the weights
+        # moves the loss by only ~2e-4 here (the topics' losses are close at init): keep it tight.
+        assert logged[step] == pytest.approx(want, rel=2e-5), (
             f"{method} step {step}: the trainer's loss {logged[step]:.6f} is not Σ s_i l_i / "
             f"{'N' if method == 'loss_norm=mean' else 'Σ s_i'} = {want:.6f} with the method's weights {weights}")
     assert moved >= 3, "the weights must move for this test to mean anything"
