@@ -124,3 +124,54 @@ def test_divergence_exits_3(tiny_tokens, tmp_path):
                     "optim.warmup_steps=0", "optim.grad_clip=0")
     assert out.returncode == 3, out.stderr[-2000:]
     assert "non-finite" in out.stdout and checkpoint.latest(tmp_path / "run") is not None
+
+
+# --- 3. one writer per output dir --------------------------------------------------------------
+HOLD = ("import sys, time\nfrom toremi.integrity import hold_lock\n"
+        "lock = hold_lock(sys.argv[1], sys.argv[2])\nprint('locked', flush=True)\ntime.sleep(600)\n")
+
+
+def test_second_prepare_refused_naming_holder_and_stale_lock_does_not_block(tiny_corpus, tmp_path):
+    out = tmp_path / "tok"
+    args = ["prepare", "--corpus", tiny_corpus, "--out", out, "--tokenizer", "bpe:300", "--seq-len", "32",
+            "topics_from=domain", "bpe_train_mb=0.2"]
+    slow = ("import sys, time, toremi.prepare as p\norig = p._prepare_shard\n"
+            "def slow(*a, **k):\n    time.sleep(0.5)\n    return orig(*a, **k)\n"
+            "p._prepare_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    first = subprocess.Popen([sys.executable, "-c", slow, *map(str, args)], env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / ".toremi.lock").exists():
+        time.sleep(0.02)
+    second = toremi(*[("bpe:400" if a == "bpe:300" else a) for a in args])
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 2
+    line = error_line(second)
+    assert f"{out} is being written by `toremi prepare` (PID {first.pid}" in line
+    assert read_json(out / "manifest.json")["tokenizer"]["vocab_size"] == 300  # not mixed
+    # A holder killed with SIGKILL leaves the lock file but no lock: the rerun proceeds.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "prepare"], env=env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    blocked = toremi(*args)
+    assert blocked.returncode == 2 and f"PID {holder.pid}" in error_line(blocked)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    before = {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())}
+    again = toremi(*args, check_rc=0)
+    assert {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())} == before
+
+
+def test_two_trains_into_one_run_dir(tiny_tokens, tmp_path, ref_run):
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", SLOW, "train", f"--tokens={tiny_tokens}",
+                              f"--out={run}", *BASE], env=env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / ".toremi.lock").exists():
+        time.sleep(0.02)
+    second = train_cli(tiny_tokens, run)
+    assert second.returncode == 2 and f"PID {first.pid}" in error_line(second)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    same_file_tree(ref_run, run, ["final/model.safetensors", "weights.jsonl"])

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from toremi import __version__
+from toremi import __version__, integrity
 from toremi.corpus.documents import iter_shards
 from toremi.config import load_config, save_config, to_dict
 from toremi.data.shards import token_dtype, write_shard
@@ -193,6 +193,7 @@ def _sample_texts(shards: list[Path], mb: float):
 def prepare(cfg: PrepareConfig) -> Path:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    _lock = integrity.hold_lock(cfg.out, "prepare")  # one writer per tokens dir, held until return
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = _resolve_tokenizer(cfg)
     train_shards = document_shards(cfg.corpus, "train")

@@ -328,8 +328,10 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
 
     from .sources import read_domain
 
+    from toremi.integrity import hold_lock
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(out, "corpus build")  # one writer per corpus dir
     (out / "manifest.json").unlink(missing_ok=True)  # present only when the whole build finished
     t0 = time.time()
     tokenizer = load_tokenizer(cfg)
@@ -344,6 +346,7 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
                                   DOMAINS[domain].label_kind, fp)
         infos[domain] = info
     manifest = write_manifest(out, infos, to_dict(cfg))
+    lock.release()
     if show:
         summary(manifest, time.time() - t0)
     return manifest

@@ -164,8 +164,10 @@ def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
         by_domain.setdefault(doc.pop("domain"), []).append(doc)
     if not by_domain:
         raise IngestError(f"{path}: no documents found in {fmt} format")
+    from toremi.integrity import hold_lock
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _lock = hold_lock(out, "corpus ingest")  # one writer per corpus dir
     (out / "manifest.json").unlink(missing_ok=True)
     tokenizer = load_tokenizer(cfg)
     infos = {}
