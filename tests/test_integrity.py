@@ -175,3 +175,92 @@ def test_two_trains_into_one_run_dir(tiny_tokens, tmp_path, ref_run):
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out
     same_file_tree(ref_run, run, ["final/model.safetensors", "weights.jsonl"])
+
+
+# --- 4. fingerprints and verified hashes --------------------------------------------------------
+def flip_byte(path: Path, offset: int = -5) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_token_byte_refused_by_train_then_prepare_redoes_it(tiny_corpus, tmp_path):
+    args = ["--corpus", tiny_corpus, "--tokenizer", "bpe:300", "--seq-len", "32", "topics_from=domain",
+            "bpe_train_mb=0.2"]
+    ref, tok = tmp_path / "ref", tmp_path / "tok"
+    toremi("prepare", "--out", ref, *args, check_rc=0)
+    toremi("prepare", "--out", tok, *args, check_rc=0)
+    shard = tok / "shards" / "train-00001.bin"
+    flip_byte(shard)
+    out = train_cli(tok, tmp_path / "run")
+    assert out.returncode == 2
+    line = error_line(out)
+    assert f"{shard}: sha256" in line and f"toremi prepare --corpus {tiny_corpus} --out {tok}" in line
+    redo = toremi("prepare", "--out", tok, *args, check_rc=0)
+    assert "redoing train-00001.bin: train-00001.bin changed after it was written" in redo.stderr
+    for p in sorted((ref / "shards").iterdir()):
+        assert p.read_bytes() == (tok / "shards" / p.name).read_bytes(), p.name
+    train_cli(tok, tmp_path / "run", check_rc=0)
+    verified = read_json(tmp_path / "run" / "run.json")["verified_sha256"]["files"]
+    man = read_json(tok / "manifest.json")
+    assert verified["shards/train-00001.bin"] == man["shards"][1]["sha256"]
+
+
+def test_changed_tokenizer_or_seq_len_redoes_every_shard_saying_why(tiny_corpus, tmp_path):
+    out, fresh = tmp_path / "tok", tmp_path / "fresh"
+    base = ["--corpus", tiny_corpus, "topics_from=domain", "bpe_train_mb=0.2"]
+    toremi("prepare", "--out", out, *base, "--tokenizer", "bpe:300", "--seq-len", "32", check_rc=0)
+    again = toremi("prepare", "--out", out, *base, "--tokenizer", "bpe:400", "--seq-len", "48", check_rc=0)
+    assert "redoing train-00000.bin: " in again.stderr and "seq_len 32 -> 48" in again.stderr
+    assert "tokenizer " in again.stderr
+    toremi("prepare", "--out", fresh, *base, "--tokenizer", "bpe:400", "--seq-len", "48", check_rc=0)
+    for p in sorted((fresh / "shards").iterdir()):
+        assert p.read_bytes() == (out / "shards" / p.name).read_bytes(), p.name
+    assert (fresh / "index-train.npz").read_bytes() == (out / "index-train.npz").read_bytes()
+    assert read_json(out / "manifest.json")["data_hash"] == read_json(fresh / "manifest.json")["data_hash"]
+    quiet = toremi("prepare", "--out", out, *base, "--tokenizer", "bpe:400", "--seq-len", "48", check_rc=0)
+    assert "redoing" not in quiet.stderr  # exact match: everything reused
+
+
+def test_flipped_corpus_byte_refused_by_prepare_and_eval_then_rebuilt(tmp_path, tiny_corpus):
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in.jsonl"
+    rows = pq.read_table(next((tiny_corpus / "documents" / "tech").glob("*.parquet"))).to_pylist()
+    src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"], "domain": "tech"}) + "\n"
+                           for r in rows))
+    corpus = tmp_path / "corpus"
+    ingest = ["corpus", "ingest", "--input", src, "--out", corpus, "count_tokens=false"]
+    toremi(*ingest, check_rc=0)
+    clean = {p: p.read_bytes() for p in sorted(corpus.rglob("*.parquet"))}
+    shard = corpus / "documents" / "tech" / "shard-00000.parquet"
+    flip_byte(shard, 200)
+    tok = tmp_path / "tok"
+    prep = ["prepare", "--corpus", corpus, "--out", tok, "--tokenizer", "bpe:300", "--seq-len", "32",
+            "topics_from=domain", "bpe_train_mb=0.2"]
+    out = toremi(*prep)
+    assert out.returncode == 2
+    line = error_line(out)
+    assert f"{shard}: sha256" in line and f"toremi corpus ingest --input {src} --out {corpus}" in line
+    held = corpus / "eval" / "tech" / "shard-00000.parquet"
+    flip_byte(held, 200)
+    redo = toremi(*ingest, check_rc=0)
+    assert "redoing domain 'tech'" in redo.stderr and "changed after it was written" in redo.stderr
+    assert {p: p.read_bytes() for p in sorted(corpus.rglob("*.parquet"))} == clean
+    toremi(*prep, check_rc=0)
+    flip_byte(held, 200)
+    run = tmp_path / "run"
+    train_cli(tok, run, check_rc=0)
+    ev = toremi("eval", "--run", run, "--corpus", corpus, "downstream=[]", "max_docs=2")
+    assert ev.returncode == 2 and f"{held}: sha256" in error_line(ev)
+
+
+def test_eval_refuses_a_tokenizer_with_another_fingerprint(tiny_tokens, tiny_corpus, tmp_path, ref_run):
+    other = tmp_path / "tok"
+    toremi("prepare", "--corpus", tiny_corpus, "--out", other, "--tokenizer", "bpe:512", "--seq-len", "64",
+           "topics_from=domain", "bpe_train_mb=0.3", check_rc=0)  # same vocabulary size, other merges
+    ev = toremi("eval", "--model", ref_run / "final", "--tokenizer", other / "tokenizer.json",
+                "--corpus", tiny_corpus, "downstream=[]", "max_docs=2")
+    assert ev.returncode == 2
+    line = error_line(ev)
+    assert "fingerprint" in line and "differs" in line and str(ref_run / "final") in line

@@ -49,10 +49,11 @@ def os_error_line(exc: OSError) -> str:
     if code is None:
         m = re.search(r"errno (\d+)", str(exc), re.I)
         code = int(m.group(1)) if m else None
-    name = errno_mod.errorcode.get(code, f"errno {code}") if code else "OS error"
-    target = exc.filename or getattr(exc, "toremi_path", None) or "?"
-    reason = os.strerror(code) if code else str(exc)
-    return f"{target}: {name} ({reason})"
+    target = exc.filename or getattr(exc, "toremi_path", None)
+    if not code:
+        return f"{target}: {exc}" if target else str(exc)
+    name = errno_mod.errorcode.get(code, f"errno {code}")
+    return f"{target or '?'}: {name} ({os.strerror(code)})"
 
 
 def usage() -> str:

@@ -245,3 +245,51 @@ def model_tokenizer_fingerprint(model_dir: Path) -> str | None:
 
         return from_file(model_dir / "tokenizer.json").fingerprint
     return None
+
+
+def token_shard_inputs(cfg, tok, jobs: list, topics, domains: list[str], index_version: int) -> list[dict]:
+    """Per prepare job ``(split, split_dir, shard)``: everything its token shard depends on.
+
+    The source shards are verified against the corpus's recorded hashes first (refused on a
+    mismatch, naming the command that rebuilds the corpus)."""
+    from toremi.io import sha256_json
+
+    corpus = Path(cfg.corpus)
+    source_sha = verify_corpus_shards(corpus, [shard for _, _, shard in jobs])
+    db = _cache()
+    try:
+        topics_json = None
+        if topics.attr_dir is not None:
+            topics_json = file_sha256(Path(topics.attr_dir).parent.parent / "topics.json", db)
+        common = {"tokenizer": tok.fingerprint, "seq_len": cfg.seq_len, "topics_from": cfg.topics_from,
+                  "max_topics": cfg.max_topics, "index_version": index_version,
+                  "domains": sha256_json(domains), "topic_names": sha256_json(topics.names),
+                  "topics_json": topics_json}
+        out = []
+        for _, split_dir, shard in jobs:
+            rel = str(Path(shard).relative_to(corpus))
+            attr = None
+            if topics.attr_dir is not None and split_dir == "documents":
+                attr_path = Path(topics.attr_dir) / Path(shard).parent.name / Path(shard).name
+                attr = file_sha256(attr_path, db) if attr_path.exists() else "missing"
+            out.append({**common, "source": rel, "source_sha256": source_sha[rel], "annotation": attr})
+        return out
+    finally:
+        if db is not None:
+            db.close()
+
+
+def reuse_token_shard(out_bin: Path, meta: dict, inputs: dict) -> str | None:
+    """None if the finished shard ``out_bin`` can be reused as is; else why it must be redone."""
+    if not meta:
+        return "not finished"
+    why = stale_reason(meta.get("inputs"), inputs)
+    if why:
+        return why
+    recorded = read_json(out_bin.with_name(out_bin.name + ".done")).get("sha256")
+    if recorded and file_sha256(out_bin) != recorded:
+        return f"{out_bin.name} changed after it was written (sha256 differs from its done marker)"
+    idx = out_bin.with_suffix(".idx.npz")
+    if meta.get("idx_sha256") and (not idx.exists() or file_sha256(idx) != meta["idx_sha256"]):
+        return f"{idx.name} changed after it was written"
+    return None

@@ -194,6 +194,8 @@ def prepare(cfg: PrepareConfig) -> Path:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     _lock = integrity.hold_lock(cfg.out, "prepare")  # one writer per tokens dir, held until return
+    integrity.verify_corpus_shards(cfg.corpus, document_shards(cfg.corpus, "train") +
+                                   document_shards(cfg.corpus, "eval"))  # before any text is read
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = _resolve_tokenizer(cfg)
     train_shards = document_shards(cfg.corpus, "train")
@@ -211,12 +213,15 @@ def prepare(cfg: PrepareConfig) -> Path:
     stats: list[dict] = []
     out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
     finished = {}
+    inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, INDEX_VERSION)
     for k, (_, _, shard) in enumerate(jobs):
         meta_path = out_bins[k].with_suffix(".meta.json")
         meta = read_json(meta_path) if is_done(out_bins[k]) and meta_path.exists() else {}
-        if meta.get("source") == str(shard.relative_to(cfg.corpus)) and \
-                meta.get("index_version") == INDEX_VERSION:
+        why = integrity.reuse_token_shard(out_bins[k], meta, inputs[k])  # exact input match only
+        if why is None:
             finished[k] = meta
+        elif meta:
+            print(f"toremi prepare: redoing {out_bins[k].name}: {why}", file=sys.stderr)
     todo = [k for k in range(len(jobs)) if k not in finished]
     # Tokenize the next shard in a thread while this one is cut, indexed and written.
     pool = ThreadPoolExecutor(max_workers=1)
@@ -235,7 +240,8 @@ def prepare(cfg: PrepareConfig) -> Path:
             info = _prepare_shard(pending.pop(k).result(), shard, split_dir, tok, cfg, topics,
                                   domain_ids, out_bin, token_bytes)
             info.update(split=split, source=source, index_version=INDEX_VERSION,
-                        domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)))
+                        domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)),
+                        inputs=inputs[k], idx_sha256=integrity.file_sha256(out_bin.with_suffix(".idx.npz")))
             atomic_write_json(meta_path, info)
             mark_done(out_bin, {"tokens": info["tokens"]})
         stats.append(info)

@@ -165,9 +165,18 @@ def finished(out: Path, domain: str, fingerprint: str) -> dict | None:
         return None
     info = read_json(done_marker(path))
     if info.get("fingerprint") != fingerprint:
+        if info.get("fingerprint"):
+            print(f"redoing domain {domain!r}: its settings or sources changed", file=sys.stderr)
         return None
     if not all(is_done(out / s["path"]) for s in info["shards"]):
         return None
+    from toremi.integrity import file_sha256
+
+    for s in info["shards"]:  # a finished shard is reused only if its bytes are the ones written
+        if file_sha256(out / s["path"]) != s["sha256"]:
+            print(f"redoing domain {domain!r}: {out / s['path']} changed after it was written "
+                  f"(sha256 differs from its done marker)", file=sys.stderr)
+            return None
     return info
 
 

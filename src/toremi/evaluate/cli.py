@@ -111,6 +111,12 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         model_dir, tok_path = Path(cfg.model), None
         if cfg.tokenizer:
             check_tokenizer_fingerprint(model_dir, cfg.tokenizer)
+    verified = None
+    if cfg.corpus:  # every held-out shard checked before the model is even loaded
+        t1 = time.perf_counter()
+        shards = sorted((Path(cfg.corpus) / "eval").glob("*/shard-*.parquet"))
+        verified = {"files": integrity.verify_corpus_shards(Path(cfg.corpus), shards),
+                    "seconds": round(time.perf_counter() - t1, 4)}
     lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len,
                     bf16=cfg.dtype == "bfloat16")
     result = {"model": str(model_dir), "tokenizer": lm.tokenizer.info(), "max_len": lm.max_len,
@@ -119,11 +125,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     if partial:
         log(f"eval: warning: {run_dir} is not finished ({partial['status']}); evaluating {model_dir}")
         result["partial"] = partial
-    if cfg.corpus:
-        t1 = time.perf_counter()
-        shards = sorted((Path(cfg.corpus) / "eval").glob("*/shard-*.parquet"))
-        result["verified_sha256"] = {"files": integrity.verify_corpus_shards(Path(cfg.corpus), shards),
-                                     "seconds": round(time.perf_counter() - t1, 4)}
+    if verified is not None:
+        result["verified_sha256"] = verified
 
     def skip(what: str, why: str) -> None:
         log(f"eval: skipping {what}: {why}")
