@@ -264,3 +264,33 @@ def test_eval_refuses_a_tokenizer_with_another_fingerprint(tiny_tokens, tiny_cor
     assert ev.returncode == 2
     line = error_line(ev)
     assert "fingerprint" in line and "differs" in line and str(ref_run / "final") in line
+
+
+# --- 5. resume with changed settings ------------------------------------------------------------
+def test_resume_refuses_batch_change_and_applies_logged_lr_change(tiny_tokens, tmp_path, ref_run):
+    from toremi.config import load_config
+    from toremi.train.config import TrainConfig
+    from toremi.train.trainer import lr_lambda
+
+    run = tmp_path / "run"
+    train_cli(tiny_tokens, run, "stop_at_step=2", check_rc=75)
+    bad = train_cli(tiny_tokens, run, "batch_size=8", "model.dropout=0.1")
+    assert bad.returncode == 2
+    line = error_line(bad)
+    assert "batch_size 4 -> 8" in line and "model.dropout 0.0 -> 0.1" in line and "new --out" in line
+    train_cli(tiny_tokens, run, check_rc=0)  # the original settings resume to the unbroken result
+    same_file_tree(ref_run, run, ["final/model.safetensors", "weights.jsonl"])
+
+    run2 = tmp_path / "run2"
+    train_cli(tiny_tokens, run2, "stop_at_step=2", check_rc=75)
+    out = train_cli(tiny_tokens, run2, "optim.lr=0.0005", "eval_every=2", check_rc=0)
+    assert "resume at step 2: applying eval_every 0 -> 2, optim.lr 0.001 -> 0.0005" in out.stdout
+    info = read_json(run2 / "run.json")
+    assert info["resume_changes"] == [{"step": 2, "changed": {"eval_every": [0, 2],
+                                                              "optim.lr": [0.001, 0.0005]}}]
+    cfg = load_config(TrainConfig, None, BASE)
+    lam = lr_lambda(cfg, 4)
+    lrs = {r["step"]: r["lr"] for r in read_jsonl(run2 / "metrics.jsonl") if "lr" in r}
+    assert lrs[2] == pytest.approx(1e-3 * lam(2)) and lrs[4] == pytest.approx(5e-4 * lam(4))
+    assert any("val_loss" in r for r in read_jsonl(run2 / "metrics.jsonl"))  # new cadence applied
+    assert "lr: 0.0005" in (run2 / "config.yaml").read_text()

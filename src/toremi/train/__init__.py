@@ -20,10 +20,11 @@ def train(cfg: TrainConfig) -> Path:
         # One writer per run dir (rank 0 holds it for all ranks); every shard checked before use.
         lock = integrity.hold_lock(cfg.out, "train") if d.is_main and cfg.out else None
         verified = integrity.verify_tokens(cfg.tokens_dir) if cfg.tokens_dir else None
-        run_dir = Trainer(cfg, d).run()
-        if d.is_main and verified and (run_dir / "run.json").exists():
+        trainer = Trainer(cfg, d)
+        run_dir = trainer.run()
+        if d.is_main and (run_dir / "run.json").exists():
             info = read_json(run_dir / "run.json")
-            info["verified_sha256"] = verified
+            info.update(verified_sha256=verified, resume_changes=trainer.config_changes)
             atomic_write_json(run_dir / "run.json", info)
         if lock:
             lock.release()

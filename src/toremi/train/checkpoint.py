@@ -130,3 +130,50 @@ def check_compatible(state: dict, data_hash: str, topic_names: list[str], path: 
         detail = f"added {added}, removed {removed}" if added or removed else "same topics, new order"
         raise ValueError(f"cannot resume from {path}: the topic set changed ({detail}). "
                          f"Use a new --out to start a fresh run.")
+
+
+# --- resuming with changed settings ---------------------------------------------------------
+# Applied from the resume step (and logged); every other key is refused, since changing data,
+# model, method, batch, seed or step budget mid-run would make the run a mix of two runs.
+APPLIED = ("optim.", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_checkpoints",
+           "max_bad_steps", "compile", "dtype", "tensorboard", "wandb")
+IGNORED = ("out", "tokens_dir", "resume", "progress", "stop_at_step", "device")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(state: dict, cfg, path: Path) -> dict:
+    """``{key: [old, new]}`` of the settings changed since the checkpoint; refused ones raise."""
+    from toremi.config import to_dict
+
+    if "config" not in state:  # written before configs were checkpointed: nothing to compare
+        return {}
+    old, new = _flat(state["config"]), _flat(to_dict(cfg))
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not k.startswith(IGNORED)}
+    refused = {k: v for k, v in changed.items() if not k.startswith(APPLIED)}
+    if refused:
+        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise ValueError(f"cannot resume from {path}: {what}; data, model, method, batch, seed and "
+                         f"step budget are fixed for a run: use the original values or a new --out")
+    return changed
+
+
+def apply_optim(opt: torch.optim.Optimizer, sched, o) -> None:
+    """Make the optimizer and LR schedule follow ``o`` (an OptimConfig) after a state load, which
+    would otherwise restore the old learning rate, betas, eps and weight decay."""
+    sched.base_lrs = [o.lr for _ in opt.param_groups]
+    for g, lam in zip(opt.param_groups, sched.lr_lambdas):
+        g["initial_lr"] = o.lr
+        g["lr"] = o.lr * lam(sched.last_epoch)
+        g["betas"], g["eps"] = (o.beta1, o.beta2), o.eps
+    opt.param_groups[0]["weight_decay"] = o.weight_decay  # group 0 decays (GPT.configure_optimizer)
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
