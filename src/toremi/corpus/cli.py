@@ -34,7 +34,7 @@ def _ingest_parser() -> argparse.ArgumentParser:
                                 "into a corpus directory (same layout and manifest as build).")
     p.add_argument("--input", required=True, help="a file or folder")
     p.add_argument("--out", required=True, help="output corpus directory")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "parquet", "text", "hf"])
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "parquet", "text", "hf", "mixed"])
     p.add_argument("--text-field", default="text")
     p.add_argument("--domain-field", default="domain")
     p.add_argument("--id-field", default="id")
