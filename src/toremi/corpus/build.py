@@ -205,7 +205,7 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
             seen.add(key)
             if not dup:
                 batch.append(text)
-                if len(batch) >= 256 or sum(map(len, batch)) > 8 * MB:
+                if len(batch) >= 256 or sum(map(len, batch)) > 4 * MB:
                     signatures()
         exact.append(dup)
         ids.append(doc["id"])

@@ -100,7 +100,7 @@ def read_jsonl(path: Path, opt: IngestOptions, skipped: list[str]) -> Iterator[d
     for f in _files(path, "*.jsonl", "*.json", "*.ndjson"):
         with open(f, "rb") as fh:
             for lineno, line in enumerate(fh, 1):
-                if not line.strip():
+                if line.isspace():
                     continue
                 where = f"{f}:{lineno}"
                 try:
@@ -108,7 +108,9 @@ def read_jsonl(path: Path, opt: IngestOptions, skipped: list[str]) -> Iterator[d
                     if not isinstance(rec, dict):
                         raise IngestError(f"{where}: expected a JSON object per line, got "
                                           f"{type(rec).__name__}")
-                    yield _record(rec, opt, where, f"{f.stem}/{lineno:07d}")
+                    doc = _record(rec, opt, where, f"{f.stem}/{lineno:07d}")
+                    del rec, line  # a long line is not kept alive while its document is processed
+                    yield doc
                 except (json.JSONDecodeError, UnicodeDecodeError, IngestError) as exc:
                     if opt.on_error == "skip":
                         skipped.append(where)
@@ -160,10 +162,21 @@ class _ContentHash:
     def __init__(self):
         self.h = hashlib.blake2b(digest_size=16)
 
+    def _part(self, part: bytes) -> None:
+        self.h.update(len(part).to_bytes(8, "little") + part)
+
     def update(self, d: dict) -> None:
-        text = d["text"] if isinstance(d["text"], bytes) else str(d["text"]).encode("utf-8", "replace")
-        for part in (str(d["id"]).encode(), text, str(d.get("label")).encode(), str(d["source"]).encode()):
-            self.h.update(len(part).to_bytes(8, "little") + part)
+        self._part(str(d["id"]).encode())
+        text, step = d["text"], 1 << 20
+        if isinstance(text, bytes) or len(text) <= step:
+            self._part(text if isinstance(text, bytes) else str(text).encode("utf-8", "replace"))
+        else:  # encoded a megabyte at a time: a long document is never copied whole
+            chunks = lambda: (text[i:i + step].encode("utf-8", "replace") for i in range(0, len(text), step))
+            self.h.update(sum(map(len, chunks())).to_bytes(8, "little"))
+            for c in chunks():
+                self.h.update(c)
+        self._part(str(d.get("label")).encode())
+        self._part(str(d["source"]).encode())
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()
@@ -205,7 +218,9 @@ def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
     hashes: dict[str, _ContentHash] = {}
     originals: dict[str, str] = {}
     labelled: set[str] = set()
-    for doc in READERS[fmt](path, opt, skipped):
+    counts = {"long_split": 0, "long_skipped": 0}
+    docs = stream.split_long(READERS[fmt](path, opt, skipped), int(cfg.max_doc_mb * 1e6), cfg.long_docs, counts)
+    for doc in docs:
         domain, original = doc.pop("domain"), doc.pop("original_domain", None)
         if original is not None and originals.setdefault(domain, original) != original:
             raise IngestError(f"domains {originals[domain]!r} and {original!r} both become folder "
@@ -234,8 +249,12 @@ def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
     config = {k: v for k, v in to_dict(cfg).items() if k != "domains"}
     manifest = write_manifest(out, infos, config, {"ingest": {
         "input": str(path), "format": fmt, "formats": formats, "options": to_dict(opt),
+        "long_documents": counts,
         "skipped_lines": len(skipped), "skipped_examples": skipped[:20]}})
     if show:
+        if counts["long_split"] or counts["long_skipped"]:
+            print(f"documents over max_doc_mb={cfg.max_doc_mb}: {counts['long_split']} split, "
+                  f"{counts['long_skipped']} skipped")
         if skipped:
             print(f"skipped {len(skipped)} malformed line(s), e.g. {skipped[:3]}")
         summary(manifest, time.time() - t0)

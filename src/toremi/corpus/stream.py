@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from toremi.io import atomic_path, mark_done
 
 BATCH_DOCS = 512
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 4 << 20  # a batch of text in memory at once (each pass may hold a few copies)
 SPILL_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("raw", pa.binary()),
                           ("label", pa.string()), ("source", pa.string())])
 
@@ -49,7 +49,7 @@ class Spill:
 
     def flush(self) -> None:
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, SPILL_SCHEMA, compression="none")
+            self.writer = pq.ParquetWriter(self.path, SPILL_SCHEMA, compression="none", use_dictionary=False)
         if self.rows:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=SPILL_SCHEMA))
         self.rows, self.bytes = [], 0
@@ -73,10 +73,15 @@ def split_long(docs: Iterable[dict], max_bytes: int, mode: str, counts: dict) ->
     the source (so the held-out split keeps them together), or skipped; both are counted."""
     for doc in docs:
         text = doc["text"]
-        if len(text) * 4 <= max_bytes or len(data := text.encode("utf-8")) <= max_bytes:
+        if len(text) * 4 <= max_bytes:
+            yield doc
+            continue
+        data = text if isinstance(text, (bytes, bytearray)) else text.encode("utf-8", "replace")
+        if len(data) <= max_bytes:
             yield doc
             continue
         del text
+        doc["text"] = None  # the parts below are all that stays alive
         if mode == "skip":
             counts["long_skipped"] += 1
             continue
@@ -89,7 +94,7 @@ def split_long(docs: Iterable[dict], max_bytes: int, mode: str, counts: dict) ->
                 end = brk + 1 if brk > start else end
                 while end < len(data) and (data[end] & 0xC0) == 0x80:  # never cut inside a character
                     end -= 1
-            piece = data[start:end].decode("utf-8").strip()
+            piece = data[start:end].decode("utf-8", "replace").strip()
             if piece:
                 yield {**doc, "id": f"{doc['id']}#part{part}", "text": piece}
                 part += 1
