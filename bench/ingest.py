@@ -5,7 +5,7 @@ Inputs (generated in a temp dir, deleted at the end):
 - a JSONL of ``--gb`` GB of unique ~4 KB documents over three domains (goal AFTER: peak RSS
   <= 1.5 GB for 2 GB);
 - one JSONL line holding a single ``--doc-mb`` MB document (goal AFTER: peak RSS <= 10x its size).
-Each ingest runs as its own `nice` subprocess; peak RSS is the child's ``ru_maxrss`` (wait4). A run
+Each ingest runs as its own `nice` subprocess; peak RSS is GNU time's %M for it. A run
 whose RSS passes ``--cap-gb`` is stopped and reported as "> cap" (so a baseline that would need
 the whole machine does not take it). Token counting is off (``count_tokens=false``) in both, so
 the figures are about reading, dedupe and writing.
@@ -54,32 +54,46 @@ def make_long_doc(path: Path, mb: float, seed: int = 1) -> None:
     path.write_text(json.dumps({"id": "long", "text": text, "domain": "one"}) + "\n")
 
 
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += int(Path(f"/proc/{p}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def ingest(src: str, inp: Path, out: Path, cap_bytes: float) -> dict:
-    """Run one ingest in a subprocess; peak RSS from wait4, stopped past the cap."""
+    """Run one ingest under GNU time (its %M is the ingest's own peak RSS, not this process's,
+    which a fork would otherwise pass on); stopped past the cap."""
     env = {**os.environ, "PYTHONPATH": src, "TOREMI_HASH_CACHE": str(out) + ".hash.sqlite"}
-    cmd = ["nice", "-n", "10", sys.executable, "-m", "toremi.cli", "corpus", "ingest", "--input", str(inp),
-           "--out", str(out), "count_tokens=false"]
+    rss_file = Path(str(out) + ".rss")
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "nice", "-n", "10", sys.executable, "-m",
+           "toremi.cli", "corpus", "ingest", "--input", str(inp), "--out", str(out), "count_tokens=false"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stopped = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        try:
-            rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
-        except (OSError, IndexError):
-            rss = 0
+    stopped, seen = False, 0
+    while proc.poll() is None:
+        rss = _tree_rss(proc.pid)
+        seen = max(seen, rss)
         if rss > cap_bytes and not stopped:
-            proc.kill()
+            for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                os.kill(int(c), 9)
             stopped = True
         time.sleep(0.1)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode()[-500:]
     shutil.rmtree(out, ignore_errors=True)
-    rc = os.waitstatus_to_exitcode(status)
-    return {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": wall, "rc": rc, "stopped_at_cap": stopped,
-            "error": err if rc and not stopped else ""}
+    try:
+        peak = int(rss_file.read_text().split()[-1]) / 1024
+    except (OSError, ValueError, IndexError):
+        peak = seen / 2**20
+    return {"peak_rss_mb": peak, "wall_s": wall, "rc": proc.returncode, "stopped_at_cap": stopped,
+            "error": err if proc.returncode and not stopped else ""}
 
 
 def show(name: str, r: dict, cap_gb: float) -> str:

@@ -294,3 +294,73 @@ def test_resume_refuses_batch_change_and_applies_logged_lr_change(tiny_tokens, t
     assert lrs[2] == pytest.approx(1e-3 * lam(2)) and lrs[4] == pytest.approx(5e-4 * lam(4))
     assert any("val_loss" in r for r in read_jsonl(run2 / "metrics.jsonl"))  # new cadence applied
     assert "lr: 0.0005" in (run2 / "config.yaml").read_text()
+
+
+# --- 7. OS errors, umask, bad specs, null shards, domain collisions, documented layout ----------
+def test_file_size_limit_is_one_line_and_nothing_half_written(tiny_corpus, tmp_path):
+    import resource
+
+    args = ["prepare", "--corpus", tiny_corpus, "--out", tmp_path / "tok", "--tokenizer", "bpe:300",
+            "--seq-len", "32", "topics_from=domain", "bpe_train_mb=0.2"]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # noqa: E731
+    out = toremi(*args, preexec_fn=limit)
+    assert out.returncode == 74, out.stderr
+    line = error_line(out)
+    assert "EFBIG (File too large)" in line and str(tmp_path / "tok") in line
+    tok = tmp_path / "tok"
+    assert not (tok / "manifest.json").exists() and not list(tok.rglob("*.tmp"))
+    for done in tok.rglob("*.done"):  # whatever is marked finished is whole
+        assert read_json(done)["sha256"] == __import__("toremi.io", fromlist=["x"]).sha256_file(
+            done.with_name(done.name[:-5]))
+    toremi(*args, check_rc=0)
+    ref = tmp_path / "ref"
+    toremi(*[ref if a == tok else a for a in args], check_rc=0)
+    for p in sorted((ref / "shards").iterdir()):
+        assert p.read_bytes() == (tok / "shards" / p.name).read_bytes(), p.name
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_outputs_honour_the_umask(mask, tiny_corpus, tmp_path):
+    tok = tmp_path / "tok"
+    toremi("prepare", "--corpus", tiny_corpus, "--out", tok, "--tokenizer", "bpe:300", "--seq-len", "32",
+           "topics_from=domain", "bpe_train_mb=0.2", preexec_fn=lambda: os.umask(mask), check_rc=0)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tok.rglob("*") if p.is_file() and p.name != ".toremi.lock"}
+    assert set(modes.values()) == {0o666 & ~mask}, modes
+
+
+@pytest.mark.parametrize("spec,msg", [("bpe:abc", "must be an integer"), ("bpe:3", "at least 257 tokens")])
+def test_bad_bpe_spec_is_one_clear_line(spec, msg, tiny_corpus, tmp_path):
+    out = toremi("prepare", "--corpus", tiny_corpus, "--out", tmp_path / "tok", "--tokenizer", spec)
+    assert out.returncode == 2
+    line = error_line(out)
+    assert msg in line and spec in line
+
+
+def test_empty_and_null_text_shards_prepare(tiny_corpus, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    empty = corpus / "eval" / "tech" / "shard-00000.parquet"
+    pq.write_table(pa.table({"id": [], "text": [], "domain": [], "label": [], "source": []}), empty)
+    assert pa.types.is_null(pq.read_schema(empty).field("text").type)
+    other = sorted(p.name for p in (corpus / "eval").iterdir() if p.name != "tech")[0]
+    nulls = corpus / "eval" / other / "shard-00000.parquet"
+    pq.write_table(pa.table({"id": [f"{other}/n1"], "text": pa.array([None], pa.string()), "domain": [other],
+                             "label": [other], "source": ["n1"]}), nulls)
+    args = ["prepare", "--corpus", corpus, "--tokenizer", "bpe:300", "--seq-len", "32",
+            "topics_from=domain", "bpe_train_mb=0.2"]
+    toremi(*args, "--out", tmp_path / "a", check_rc=0)
+    toremi(*args, "--out", tmp_path / "b", check_rc=0)
+    assert (tmp_path / "a" / "index-val.npz").read_bytes() == (tmp_path / "b" / "index-val.npz").read_bytes()
+
+
+def test_colliding_domain_names_are_refused_naming_both(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 1, "text": "one two three", "domain": ".."}) + "\n" +
+                   json.dumps({"id": 2, "text": "four five six", "domain": "."}) + "\n")
+    out = toremi("corpus", "ingest", "--input", src, "--out", tmp_path / "c")
+    assert out.returncode == 2
+    line = error_line(out)
+    assert "domains '..' and '.' both become folder 'default'" in line

@@ -117,7 +117,10 @@ def file_sha256(path: Path, db: sqlite3.Connection | None = None) -> str:
     db = _cache() if own else db
     try:
         if db is not None:
-            row = db.execute("SELECT size, mtime, ctime, sha FROM h WHERE path=?", (str(path),)).fetchone()
+            try:
+                row = db.execute("SELECT size, mtime, ctime, sha FROM h WHERE path=?", (str(path),)).fetchone()
+            except sqlite3.Error:  # the cache only saves time: never let it fail a stage
+                row = None
             if row and tuple(row[:3]) == key:
                 return row[3]
         sha = sha256_file(path)

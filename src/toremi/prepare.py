@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -29,7 +30,7 @@ from toremi.config import load_config, save_config, to_dict
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
                        sha256_json)
-from toremi.tokenizer import Tokenizer, from_file, load_tokenizer
+from toremi.tokenizer import Tokenizer, check_spec, from_file, load_tokenizer
 
 
 INDEX_VERSION = 2  # bump when the per-shard index gains fields: older shards are redone on resume
@@ -53,6 +54,7 @@ class PrepareConfig:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
         if self.max_topics < 1:
             raise ValueError(f"max_topics must be >= 1, got {self.max_topics}")
+        check_spec(self.tokenizer)
 
 
 def document_shards(corpus: Path, split: str) -> list[Path]:
@@ -130,7 +132,9 @@ class TopicLookup:
 def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int):
     """Read a document shard and tokenize it (runs in a worker thread: the encoder frees the GIL)."""
     table = pq.read_table(shard, columns=["id", "text", "domain", "label"])
-    texts = table.column("text").to_pylist()
+    if not pa.types.is_string(table.schema.field("text").type):  # an empty or all-null shard
+        table = table.set_column(1, "text", table.column("text").cast(pa.string()))
+    texts = [t or "" for t in table.column("text").to_pylist()]
     ids: list[list[int]] = []
     for start in range(0, len(texts), batch_docs):
         ids.extend(tok.encode_batch(texts[start:start + batch_docs]))
@@ -184,6 +188,8 @@ def _sample_texts(shards: list[Path], mb: float):
     for shard in shards:
         used = 0
         for text in pq.read_table(shard, columns=["text"]).column("text").to_pylist():
+            if not text:  # null or empty (a null-typed column of an empty shard)
+                continue
             yield text
             used += len(text)
             if used >= budget:

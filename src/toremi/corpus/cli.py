@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             build(cfg)
         except SourceMissing as exc:
             print(f"toremi corpus build: {exc}", file=sys.stderr)
-            return 1
+            return 2
         print(f"corpus written to {cfg.out}")
         return 0
     if cmd == "ingest":
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             ingest(opt, cfg)
         except IngestError as exc:
             print(f"toremi corpus ingest: {exc}", file=sys.stderr)
-            return 1
+            return 2
         print(f"corpus written to {cfg.out}")
         return 0
     print(f"toremi corpus: unknown command {cmd!r} (use build, ingest or list)\n{__doc__}", file=sys.stderr)
