@@ -364,3 +364,38 @@ def test_colliding_domain_names_are_refused_naming_both(tmp_path):
     assert out.returncode == 2
     line = error_line(out)
     assert "domains '..' and '.' both become folder 'default'" in line
+
+
+def documented_paths(section: str) -> list[str]:
+    """Backticked relative file paths in one ``## section`` of docs/ARCHITECTURE.md."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    found = re.findall(r"`([\w<>./-]+\.(?:parquet|json|jsonl|npz|bin|yaml|pt|done|safetensors|spec|lock))`", body)
+    return sorted({p.replace("<domain>", "*").replace("XXXXXXX", "*").replace("<run_dir>/", "")
+                   for p in found if "/" in p or not p.startswith("<")})
+
+
+def test_documented_files_exist_after_a_small_run(tiny_corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in.jsonl"
+    with open(src, "w") as f:
+        for dom in ("tech", "business"):
+            for r in pq.read_table(next((tiny_corpus / "documents" / dom).glob("*.parquet"))).to_pylist():
+                f.write(json.dumps({"id": r["id"], "text": r["text"], "domain": dom, "source": r["id"]}) + "\n")
+    corpus, tok, run = tmp_path / "corpus", tmp_path / "tok", tmp_path / "run"
+    toremi("corpus", "ingest", "--input", src, "--out", corpus, "count_tokens=false", check_rc=0)
+    toremi("prepare", "--corpus", corpus, "--out", tok, "--tokenizer", "bpe:300", "--seq-len", "32",
+           "topics_from=domain", "bpe_train_mb=0.2", check_rc=0)
+    train_cli(tok, run, "keep_checkpoints=0", "ckpt_every=2", check_rc=0)
+    toremi("eval", "--run", run, "--corpus", corpus, "downstream=[]", "max_docs=2", "max_tokens=64", check_rc=0)
+    checked = 0
+    for section, root in (("corpus_dir", corpus), ("tokens_dir", tok), ("run_dir", run), ("evaluation", run)):
+        paths = documented_paths(section)
+        assert paths, section
+        for p in paths:
+            assert list(root.glob(p)), f"docs/ARCHITECTURE.md ({section}) names {p}, not found in {root}"
+            checked += 1
+    assert checked >= 20
