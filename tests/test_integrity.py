@@ -399,3 +399,46 @@ def test_documented_files_exist_after_a_small_run(tiny_corpus, tmp_path):
             assert list(root.glob(p)), f"docs/ARCHITECTURE.md ({section}) names {p}, not found in {root}"
             checked += 1
     assert checked >= 20
+
+
+# --- crash consistency is unchanged: SIGKILL mid-stage, rerun, bit-identical --------------------
+SLOW_PREP = ("import sys, time, toremi.prepare as p\norig = p._prepare_shard\n"
+             "def slow(*a, **k):\n    time.sleep(0.5)\n    return orig(*a, **k)\n"
+             "p._prepare_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("sig,rc", [(signal.SIGKILL, -9), (signal.SIGTERM, 75)])
+def test_prepare_killed_midway_then_rerun_is_bit_identical(sig, rc, tiny_corpus, tmp_path):
+    args = ["prepare", "--corpus", tiny_corpus, "--tokenizer", "bpe:300", "--seq-len", "32",
+            "topics_from=domain", "bpe_train_mb=0.2"]
+    ref, tok = tmp_path / "ref", tmp_path / "tok"
+    toremi(*args, "--out", ref, check_rc=0)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PREP, *map(str, args), "--out", str(tok)], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tok / "shards").glob("*.done"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == rc, err
+    assert not (tok / "manifest.json").exists()
+    toremi(*args, "--out", tok, check_rc=0)
+    names = sorted(p.name for p in (ref / "shards").iterdir())
+    assert names == sorted(p.name for p in (tok / "shards").iterdir())
+    for n in names + ["../index-train.npz", "../index-val.npz", "../documents.parquet"]:
+        assert (ref / "shards" / n).read_bytes() == (tok / "shards" / n).read_bytes(), n
+
+
+def test_train_sigkilled_then_rerun_is_bit_identical(tiny_tokens, tmp_path, ref_run):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, "train", f"--tokens={tiny_tokens}", f"--out={run}",
+                             *BASE, "ckpt_every=1"], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and checkpoint.latest(run) is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (run / "final").exists()
+    train_cli(tiny_tokens, run, "ckpt_every=1", check_rc=0)
+    same_file_tree(ref_run, run, ["final/model.safetensors", "weights.jsonl"])
