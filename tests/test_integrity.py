@@ -90,8 +90,8 @@ def test_checkpoint_loads_weights_only_and_planted_pickle_never_runs(tiny_tokens
 
 
 # --- 2. exit codes -----------------------------------------------------------------------------
-SLOW = ("import sys, time, toremi.train.trainer as t\norig = t.Trainer.train_step\n"
-        "def slow(self, b):\n    time.sleep(0.4)\n    return orig(self, b)\n"
+SLOW = ("import os, sys, time, toremi.train.trainer as t\norig = t.Trainer.train_step\n"
+        "def slow(self, b):\n    time.sleep(float(os.environ.get('SLOW_S', '0.4')))\n    return orig(self, b)\n"
         "t.Trainer.train_step = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
@@ -136,7 +136,7 @@ def test_second_prepare_refused_naming_holder_and_stale_lock_does_not_block(tiny
     args = ["prepare", "--corpus", tiny_corpus, "--out", out, "--tokenizer", "bpe:300", "--seq-len", "32",
             "topics_from=domain", "bpe_train_mb=0.2"]
     slow = ("import sys, time, toremi.prepare as p\norig = p._prepare_shard\n"
-            "def slow(*a, **k):\n    time.sleep(0.5)\n    return orig(*a, **k)\n"
+            "def slow(*a, **k):\n    time.sleep(2)\n    return orig(*a, **k)\n"
             "p._prepare_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     first = subprocess.Popen([sys.executable, "-c", slow, *map(str, args)], env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -165,7 +165,7 @@ def test_second_prepare_refused_naming_holder_and_stale_lock_does_not_block(tiny
 def test_two_trains_into_one_run_dir(tiny_tokens, tmp_path, ref_run):
     run = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-c", SLOW, "train", f"--tokens={tiny_tokens}",
-                              f"--out={run}", *BASE], env=env(), text=True,
+                              f"--out={run}", *BASE], env=env(SLOW_S="4"), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline and not (run / ".toremi.lock").exists():

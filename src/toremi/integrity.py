@@ -16,13 +16,14 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from toremi.io import read_json, sha256_file
 
@@ -85,6 +86,18 @@ class DirLock:
 def hold_lock(directory: Path, stage: str) -> DirLock:
     """Lock ``directory`` for this process (kept while the returned object lives)."""
     return DirLock(directory, stage)
+
+
+def locked(stage: str, out_of: Callable[..., Any]):
+    """Decorator: hold the lock of the output dir ``out_of(*args, **kwargs)`` during the call, and
+    release it however the call ends (an exception kept alive by a caller must not keep it)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with DirLock(out_of(*args, **kwargs), stage):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
 
 
 # --- cached full hashes ---------------------------------------------------------------------

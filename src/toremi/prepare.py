@@ -196,10 +196,10 @@ def _sample_texts(shards: list[Path], mb: float):
                 break
 
 
+@integrity.locked("prepare", lambda cfg: cfg.out)  # one writer per tokens dir
 def prepare(cfg: PrepareConfig) -> Path:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    _lock = integrity.hold_lock(cfg.out, "prepare")  # one writer per tokens dir, held until return
     integrity.verify_corpus_shards(cfg.corpus, document_shards(cfg.corpus, "train") +
                                    document_shards(cfg.corpus, "eval"))  # before any text is read
     save_config(cfg, cfg.out / "prepare.yaml")

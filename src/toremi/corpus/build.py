@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from toremi.config import to_dict
+from toremi.integrity import locked
 from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json,
                        sha256_json)
 
@@ -382,16 +383,14 @@ def load_tokenizer(cfg: CorpusConfig):
     return gpt2()
 
 
+@locked("corpus build", lambda cfg, show=True: cfg.out)  # one writer per corpus dir
 def build(cfg: CorpusConfig, show: bool = True) -> dict:
     """Build (or resume) the corpus of ``cfg.domains`` under ``cfg.out``; returns the manifest."""
     from tqdm import tqdm
 
     from .sources import read_domain
 
-    from toremi.integrity import hold_lock
-
     out = Path(cfg.out)
-    lock = hold_lock(out, "corpus build")  # one writer per corpus dir
     (out / "manifest.json").unlink(missing_ok=True)  # present only when the whole build finished
     t0 = time.time()
     tokenizer = load_tokenizer(cfg)
@@ -406,7 +405,6 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
                                   DOMAINS[domain].label_kind, fp)
         infos[domain] = info
     manifest = write_manifest(out, infos, to_dict(cfg))
-    lock.release()
     if show:
         summary(manifest, time.time() - t0)
     return manifest

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from toremi.config import to_dict
+from toremi.integrity import locked
 
 from .build import CorpusConfig, finished, load_tokenizer, process_domain, summary, write_manifest
 
@@ -192,13 +193,12 @@ READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "text": read_text, "hf"
            "mixed": read_mixed}
 
 
+@locked("corpus ingest", lambda opt, cfg, show=True: cfg.out)  # one writer per corpus dir
 def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
     """Read ``opt.input``, then clean/dedupe/split/write each domain into ``cfg.out``.
 
     Streams: records are spilled per domain to Parquet in bounded batches as they are read, then
     each domain is processed from its spill file (``build.process_domain``)."""
-    from toremi.integrity import hold_lock
-
     from . import stream
 
     path = Path(opt.input)
@@ -209,7 +209,6 @@ def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
     if fmt == "mixed" and show:
         print(f"ingesting every format in {path}: " + ", ".join(f"{n} {f}" for f, n in formats.items()))
     out = Path(cfg.out)
-    _lock = hold_lock(out, "corpus ingest")  # one writer per corpus dir
     (out / "manifest.json").unlink(missing_ok=True)
     t0 = time.time()
     skipped: list[str] = []

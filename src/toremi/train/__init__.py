@@ -19,16 +19,18 @@ def train(cfg: TrainConfig) -> Path:
     try:
         # One writer per run dir (rank 0 holds it for all ranks); every shard checked before use.
         lock = integrity.hold_lock(cfg.out, "train") if d.is_main and cfg.out else None
-        verified = integrity.verify_tokens(cfg.tokens_dir) if cfg.tokens_dir else None
-        trainer = Trainer(cfg, d)
-        run_dir = trainer.run()
-        if d.is_main and (run_dir / "run.json").exists():
-            info = read_json(run_dir / "run.json")
-            info.update(verified_sha256=verified, resume_changes=trainer.config_changes)
-            atomic_write_json(run_dir / "run.json", info)
-        if lock:
-            lock.release()
-        return run_dir
+        try:
+            verified = integrity.verify_tokens(cfg.tokens_dir) if cfg.tokens_dir else None
+            trainer = Trainer(cfg, d)
+            run_dir = trainer.run()
+            if d.is_main and (run_dir / "run.json").exists():
+                info = read_json(run_dir / "run.json")
+                info.update(verified_sha256=verified, resume_changes=trainer.config_changes)
+                atomic_write_json(run_dir / "run.json", info)
+            return run_dir
+        finally:
+            if lock:
+                lock.release()
     finally:
         distributed.cleanup(d)
 
