@@ -442,3 +442,46 @@ def test_train_sigkilled_then_rerun_is_bit_identical(tiny_tokens, tmp_path, ref_
     assert not (run / "final").exists()
     train_cli(tiny_tokens, run, "ckpt_every=1", check_rc=0)
     same_file_tree(ref_run, run, ["final/model.safetensors", "weights.jsonl"])
+
+
+def test_long_document_split_or_skipped_and_counted(tmp_path):
+    from toremi.corpus.build import CorpusConfig
+    from toremi.corpus.documents import read_split
+    from toremi.corpus.ingest import IngestOptions, ingest
+
+    src = tmp_path / "in.jsonl"
+    import numpy as np
+
+    words = np.random.default_rng(0).integers(0, 50_000, size=400_000)  # parts are not near duplicates
+    long_text = " ".join(f"w{w}" for w in words.tolist())  # ~2.7 MB, one line
+    src.write_text(json.dumps({"id": "big", "text": long_text}) + "\n" +
+                   json.dumps({"id": "small", "text": "a short document"}) + "\n")
+    opts = dict(count_tokens=False, min_heldout_mb=0.0, heldout_fraction=0.0, slice_heldout_fraction=0.0,
+                max_doc_mb=1.0)
+    m = ingest(IngestOptions(input=str(src)), CorpusConfig(out=str(tmp_path / "a"), **opts), show=False)
+    assert m["ingest"]["long_documents"] == {"long_split": 1, "long_skipped": 0}
+    ids = read_split(tmp_path / "a", "train")["id"].to_pylist()
+    assert len([i for i in ids if i.startswith("default/big#part")]) == 3
+    again = ingest(IngestOptions(input=str(src)), CorpusConfig(out=str(tmp_path / "b"), **opts), show=False)
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in m["shards"]]
+    m = ingest(IngestOptions(input=str(src)), CorpusConfig(out=str(tmp_path / "c"), long_docs="skip", **opts),
+               show=False)
+    assert m["ingest"]["long_documents"] == {"long_split": 0, "long_skipped": 1}
+    assert read_split(tmp_path / "c", "train")["id"].to_pylist() == ["default/small"]
+
+
+def test_mixed_format_folder_is_ingested_whole(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "in"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "a.jsonl").write_text(json.dumps({"id": "j1", "text": "from jsonl one", "domain": "notes"}) + "\n")
+    pq.write_table(pa.table({"id": ["p1"], "text": ["from parquet two"], "domain": ["notes"]}), folder / "b.parquet")
+    (folder / "notes" / "t1.txt").write_text("from a text file three")
+    out = toremi("corpus", "ingest", "--input", folder, "--out", tmp_path / "c", "count_tokens=false",
+                 "min_heldout_mb=0", "slice_heldout_fraction=0", "heldout_fraction=0", check_rc=0)
+    assert "ingesting every format" in out.stdout and "1 parquet, 1 jsonl, 1 text" in out.stdout
+    m = read_json(tmp_path / "c" / "manifest.json")
+    assert m["ingest"]["formats"] == {"parquet": 1, "jsonl": 1, "text": 1}
+    assert m["domains"]["notes"]["train"]["documents"] == 3
