@@ -51,7 +51,7 @@ def test_jsonl_malformed_line_fails_with_file_and_line_or_is_skipped(tmp_path):
         ingest(IngestOptions(input=str(src)), cfg(tmp_path / "c1"), show=False)
     assert f"{src}:4" in str(err.value) and "--on-error skip" in str(err.value)
     rc = corpus_main(["ingest", "--input", str(src), "--out", str(tmp_path / "c2")])
-    assert rc == 1
+    assert rc == 2  # bad input (README: exit codes)
     m = ingest(IngestOptions(input=str(src), on_error="skip"), cfg(tmp_path / "c3"), show=False)
     assert m["ingest"]["skipped_lines"] == 1 and m["ingest"]["skipped_examples"] == [f"{src}:4"]
     assert sum(d["train"]["documents"] + d["heldout"]["documents"] for d in m["domains"].values()) == 10

@@ -6,8 +6,11 @@ stage's options are documented where the stage is implemented (``toremi <stage> 
 
 from __future__ import annotations
 
+import errno as errno_mod
 import importlib
 import os
+import re
+import signal
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +28,32 @@ STAGES = {
     "report": ("toremi.report", "HTML report and PNG plots from runs and evaluations"),
     "demo": ("toremi.demo", "the whole pipeline on a small slice of the shipped corpus"),
 }
+
+
+# Exit codes (README "Exit codes"): scripts can tell a finished stage from a partial one.
+EXIT_OK = 0            # finished
+EXIT_FAILED = 1        # an unexpected error (a bug): the traceback is printed
+EXIT_USAGE = 2         # bad input or invocation, refused with a one-line message
+EXIT_DIVERGED = 3      # train stopped on persistent non-finite loss (checkpoint written)
+EXIT_OS_ERROR = 74     # the OS refused a read/write (disk full, file too large, permission)
+EXIT_INTERRUPTED = 75  # interrupted by SIGTERM/SIGINT or stop_at_step; progress kept, rerun resumes
+
+
+class Interrupted(Exception):
+    """SIGTERM turned into an exception in stages without their own signal handling."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """``FILE: ENAME (strerror)`` from any OSError, pyarrow's included (errno only in the text)."""
+    code = exc.errno
+    if code is None:
+        m = re.search(r"errno (\d+)", str(exc), re.I)
+        code = int(m.group(1)) if m else None
+    target = exc.filename or getattr(exc, "toremi_path", None)
+    if not code:
+        return f"{target}: {exc}" if target else str(exc)
+    name = errno_mod.errorcode.get(code, f"errno {code}")
+    return f"{target or '?'}: {name} ({os.strerror(code)})"
 
 
 def usage() -> str:
@@ -59,20 +88,34 @@ def main(argv: list[str] | None = None) -> int:
         raise
     from toremi.config import ConfigError
 
+    def on_term(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    if stage != "train":  # train checkpoints on SIGTERM itself
+        try:
+            signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread
+            pass
+    debug = bool(os.environ.get("TOREMI_DEBUG"))
     try:
         return int(module.main(rest) or 0)
     except ConfigError as exc:
         print(f"toremi {stage}: config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        if os.environ.get("TOREMI_DEBUG"):
+        if debug:
             raise
-        print(f"toremi {stage}: error: {exc}\n(set TOREMI_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        print(f"toremi {stage}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"toremi {stage}: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_OS_ERROR
+    except (KeyboardInterrupt, Interrupted):
         print(f"toremi {stage}: interrupted; completed shards are kept, rerun to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

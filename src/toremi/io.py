@@ -11,16 +11,37 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename onto it only if the block succeeds."""
+    """Yield a temp path beside ``path``; rename onto it only if the block succeeds.
+
+    The file gets the permissions the umask allows (mkstemp alone would leave it 0600), and an
+    OSError raised while writing names ``path`` (a bare ``write`` error names no file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) == tmp:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from toremi import __version__
+from toremi import __version__, integrity
 from toremi.corpus.documents import iter_shards
 from toremi.config import load_config, save_config, to_dict
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
                        sha256_json)
-from toremi.tokenizer import Tokenizer, from_file, load_tokenizer
+from toremi.tokenizer import Tokenizer, check_spec, from_file, load_tokenizer
 
 
 INDEX_VERSION = 2  # bump when the per-shard index gains fields: older shards are redone on resume
@@ -53,6 +54,7 @@ class PrepareConfig:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
         if self.max_topics < 1:
             raise ValueError(f"max_topics must be >= 1, got {self.max_topics}")
+        check_spec(self.tokenizer)
 
 
 def document_shards(corpus: Path, split: str) -> list[Path]:
@@ -130,7 +132,9 @@ class TopicLookup:
 def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int):
     """Read a document shard and tokenize it (runs in a worker thread: the encoder frees the GIL)."""
     table = pq.read_table(shard, columns=["id", "text", "domain", "label"])
-    texts = table.column("text").to_pylist()
+    if not pa.types.is_string(table.schema.field("text").type):  # an empty or all-null shard
+        table = table.set_column(1, "text", table.column("text").cast(pa.string()))
+    texts = [t or "" for t in table.column("text").to_pylist()]
     ids: list[list[int]] = []
     for start in range(0, len(texts), batch_docs):
         ids.extend(tok.encode_batch(texts[start:start + batch_docs]))
@@ -184,15 +188,20 @@ def _sample_texts(shards: list[Path], mb: float):
     for shard in shards:
         used = 0
         for text in pq.read_table(shard, columns=["text"]).column("text").to_pylist():
+            if not text:  # null or empty (a null-typed column of an empty shard)
+                continue
             yield text
             used += len(text)
             if used >= budget:
                 break
 
 
+@integrity.locked("prepare", lambda cfg: cfg.out)  # one writer per tokens dir
 def prepare(cfg: PrepareConfig) -> Path:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
+    integrity.verify_corpus_shards(cfg.corpus, document_shards(cfg.corpus, "train") +
+                                   document_shards(cfg.corpus, "eval"))  # before any text is read
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = _resolve_tokenizer(cfg)
     train_shards = document_shards(cfg.corpus, "train")
@@ -210,12 +219,15 @@ def prepare(cfg: PrepareConfig) -> Path:
     stats: list[dict] = []
     out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
     finished = {}
+    inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, INDEX_VERSION)
     for k, (_, _, shard) in enumerate(jobs):
         meta_path = out_bins[k].with_suffix(".meta.json")
         meta = read_json(meta_path) if is_done(out_bins[k]) and meta_path.exists() else {}
-        if meta.get("source") == str(shard.relative_to(cfg.corpus)) and \
-                meta.get("index_version") == INDEX_VERSION:
+        why = integrity.reuse_token_shard(out_bins[k], meta, inputs[k])  # exact input match only
+        if why is None:
             finished[k] = meta
+        elif meta:
+            print(f"toremi prepare: redoing {out_bins[k].name}: {why}", file=sys.stderr)
     todo = [k for k in range(len(jobs)) if k not in finished]
     # Tokenize the next shard in a thread while this one is cut, indexed and written.
     pool = ThreadPoolExecutor(max_workers=1)
@@ -234,7 +246,8 @@ def prepare(cfg: PrepareConfig) -> Path:
             info = _prepare_shard(pending.pop(k).result(), shard, split_dir, tok, cfg, topics,
                                   domain_ids, out_bin, token_bytes)
             info.update(split=split, source=source, index_version=INDEX_VERSION,
-                        domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)))
+                        domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)),
+                        inputs=inputs[k], idx_sha256=integrity.file_sha256(out_bin.with_suffix(".idx.npz")))
             atomic_write_json(meta_path, info)
             mark_done(out_bin, {"tokens": info["tokens"]})
         stats.append(info)

@@ -142,11 +142,28 @@ def from_file(path: Path, name: str | None = None) -> Tokenizer:
     return Tokenizer(backend, name or path.parent.name, eot)
 
 
+MIN_BPE_VOCAB = 257  # 256 byte tokens + <|endoftext|>
+
+
+def check_spec(spec: str) -> None:
+    """Refuse a malformed ``bpe:N`` before any text is read (``gpt2`` and paths pass)."""
+    if not str(spec).startswith("bpe:"):
+        return
+    size = str(spec).split(":", 1)[1]
+    if not size.isdigit():
+        raise ValueError(f"tokenizer {spec!r}: the vocabulary size after 'bpe:' must be an integer, "
+                         f"e.g. bpe:4096")
+    if int(size) < MIN_BPE_VOCAB:
+        raise ValueError(f"tokenizer {spec!r}: a byte-level BPE needs at least {MIN_BPE_VOCAB} tokens "
+                         f"(256 bytes + <|endoftext|>); use e.g. bpe:4096")
+
+
 def load_tokenizer(spec: str, train_texts: Iterable[str] | None = None) -> Tokenizer:
     """``gpt2`` | ``bpe:<vocab_size>`` (trained on ``train_texts``) | a path to a tokenizer."""
     if spec == "gpt2":
         return gpt2()
     if spec.startswith("bpe:"):
+        check_spec(spec)
         if train_texts is None:
             raise ValueError("tokenizer 'bpe:N' needs training texts (prepare passes the train split)")
         return train_bpe(train_texts, int(spec.split(":", 1)[1]))

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"toremi annotate: {exc}")
         return 2
+    from toremi.integrity import hold_lock
+
+    _lock = hold_lock(ann.out, "annotate")  # one writer per annotation dir
     steps = STEPS if step == "all" else (step,)
     for step in steps:
         try:

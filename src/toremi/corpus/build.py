@@ -23,10 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from toremi.config import to_dict
+from toremi.integrity import locked
 from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json,
                        sha256_json)
 
-from . import dedupe
+from . import dedupe, stream
 from .sources import DOMAINS
 
 FORMAT = "toremi.corpus/1"
@@ -55,8 +56,17 @@ class CorpusConfig:
     lsh_bands: int = 16
     shard_docs: int = 5000
     count_tokens: bool = True  # GPT-2 token counts in the manifest
+    max_doc_mb: float = 4.0  # a longer document is split at line/word breaks (or skipped)
+    long_docs: str = "split"  # split | skip
 
     def __post_init__(self) -> None:
+        if self.long_docs not in ("split", "skip"):
+            raise ValueError(f"long_docs must be split or skip, got {self.long_docs!r}")
+        if self.max_doc_mb <= 0:
+            raise ValueError(f"max_doc_mb must be > 0, got {self.max_doc_mb}")
+        self._check()
+
+    def _check(self) -> None:
         unknown = [d for d in self.domains if d not in DOMAINS]
         if unknown:
             raise ValueError(f"domains: unknown {unknown}; choose from {list(DOMAINS)}")
@@ -128,25 +138,6 @@ def heldout_target(cfg: CorpusConfig, total_bytes: float) -> float:
 
 
 # --- writing ---------------------------------------------------------------------------------
-def write_split(out: Path, split: str, domain: str, rows: dict[str, list], shard_docs: int) -> list[dict]:
-    """Write one split of a domain as Parquet shards (atomic, each with a done marker)."""
-    folder = out / SPLIT_DIRS[split] / domain
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("shard-*"):  # leftovers of an interrupted or older build
-        stale.unlink()
-    n = len(rows["id"])
-    shards = []
-    for i, start in enumerate(range(0, max(n, 1), shard_docs)):
-        path = folder / f"shard-{i:05d}.parquet"
-        table = pa.table({k: rows[k][start:start + shard_docs] for k in SCHEMA.names}, schema=SCHEMA)
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
-        mark_done(path, {"rows": table.num_rows})
-        shards.append({"path": str(path.relative_to(out)), "split": split, "domain": domain,
-                       "rows": table.num_rows, "sha256": read_json(done_marker(path))["sha256"]})
-    return shards
-
-
 def count_tokens(texts: list[str], tokenizer, batch: int = 256) -> int:
     if tokenizer is None:
         return 0
@@ -165,57 +156,127 @@ def finished(out: Path, domain: str, fingerprint: str) -> dict | None:
         return None
     info = read_json(done_marker(path))
     if info.get("fingerprint") != fingerprint:
+        if info.get("fingerprint"):
+            print(f"redoing domain {domain!r}: its settings or sources changed", file=sys.stderr)
         return None
     if not all(is_done(out / s["path"]) for s in info["shards"]):
         return None
+    from toremi.integrity import file_sha256
+
+    for s in info["shards"]:  # a finished shard is reused only if its bytes are the ones written
+        if file_sha256(out / s["path"]) != s["sha256"]:
+            print(f"redoing domain {domain!r}: {out / s['path']} changed after it was written "
+                  f"(sha256 differs from its done marker)", file=sys.stderr)
+            return None
     return info
 
 
 def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConfig, tokenizer,
                    label_kind: str | None, fingerprint: str) -> dict:
-    """Clean, dedupe, split, count and write one domain; returns its marker info."""
+    """Clean, dedupe, split, count and write one domain; returns its marker info.
+
+    Streams: pass 1 cleans each document into a spill file while keeping only its exact-duplicate
+    key, size, source and MinHash signature; dedupe and the held-out split run on those; pass 2
+    reads the spill back in batches and writes the shards. Memory is bounded by the number of
+    documents, never by their text (docs/ARCHITECTURE.md)."""
     t0 = time.time()
     marker = done_marker(domain_marker(out, domain))
     if marker.exists():  # about to rewrite this domain's shards: its old marker no longer holds
         marker.unlink()
-    counts = {"read": 0, "invalid_utf8": 0, "empty": 0, "exact_dup": 0, "near_dup": 0,
-              "kept": 0, "truncated": False}
+    counts = {"read": 0, "invalid_utf8": 0, "empty": 0, "long_split": 0, "long_skipped": 0,
+              "exact_dup": 0, "near_dup": 0, "kept": 0, "truncated": False}
     limit = None if cfg.max_mb_per_domain is None else cfg.max_mb_per_domain * MB
-    kept = list(clean(docs, limit, counts))
-    texts = [d["text"] for d in kept]
-    if cfg.dedupe and texts:
-        exact = dedupe.exact_duplicates(texts)
-        counts["exact_dup"] = int(exact.sum())
-        keep_idx = np.flatnonzero(~exact)
-        sig = dedupe.minhash_signatures([texts[i] for i in keep_idx], cfg.num_perm,
-                                        cfg.shingle_words, cfg.seed)
+    tmp = stream.scratch_dir(out, f"domain-{domain}")
+    spill = stream.Spill(tmp / "clean.parquet")
+    seen: set[bytes] = set()
+    exact, ids, sources, sizes, sigs, batch, cache = [], [], [], [], [], [], {}
+
+    def signatures():
+        sigs.append(dedupe.minhash_signatures(batch, cfg.num_perm, cfg.shingle_words, cfg.seed, cache=cache))
+        batch.clear()
+        if len(cache) > 1_000_000:  # memoised word hashes: pure, so clearing changes nothing
+            cache.clear()
+
+    for doc in stream.split_long(clean(docs, limit, counts), int(cfg.max_doc_mb * MB), cfg.long_docs, counts):
+        text = doc["text"]
+        dup = False
+        if cfg.dedupe:
+            key = dedupe.normalise_key(text)
+            dup = key in seen
+            seen.add(key)
+            if not dup:
+                batch.append(text)
+                if len(batch) >= 256 or sum(map(len, batch)) > 4 * MB:
+                    signatures()
+        exact.append(dup)
+        ids.append(doc["id"])
+        sources.append(str(doc["source"]))
+        sizes.append(len(text.encode("utf-8")))
+        spill.add(doc)
+    del seen
+    if batch:
+        signatures()
+    spill.close()
+    keep = ~np.array(exact, dtype=bool)
+    counts["exact_dup"] = int((~keep).sum())
+    if cfg.dedupe and keep.any():
+        sig = np.concatenate(sigs)
         near = dedupe.near_duplicates(sig, cfg.near_dup_threshold, cfg.lsh_bands)
         counts["near_dup"] = int(near.sum())
-        kept = [kept[i] for i in keep_idx[~near]]
-    counts["kept"] = len(kept)
-    ids = [d["id"] for d in kept]
-    if len(set(ids)) != len(ids):
-        dup = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
+        keep[np.flatnonzero(keep)[near]] = False
+    del sigs
+    kept_idx = np.flatnonzero(keep)
+    counts["kept"] = len(kept_idx)
+    kept_ids = [ids[i] for i in kept_idx]
+    if len(set(kept_ids)) != len(kept_ids):
+        dup = sorted(i for i, n in Counter(kept_ids).items() if n > 1)[:5]
         raise ValueError(f"domain {domain!r}: document ids are not unique (e.g. {dup}); give each "
                          f"document its own id")
-    sizes = np.array([len(d["text"].encode("utf-8")) for d in kept], dtype=np.float64)
+    del ids, kept_ids
+    size_arr = np.array(sizes, dtype=np.float64)[kept_idx]
+    kept_sources = [sources[i] for i in kept_idx]
     dseed = cfg.seed * 1_000_003 + zlib.crc32(domain.encode())
-    held = split_by_source([str(d["source"]) for d in kept], sizes, heldout_target(cfg, sizes.sum()),
-                           cfg.max_heldout_fraction, dseed) if kept else np.zeros(0, dtype=bool)
-    stats, shards = {}, []
-    for split, mask in (("train", ~held), ("heldout", held)):
-        part = [d for d, m in zip(kept, mask) if m]
-        rows = {"id": [d["id"] for d in part], "text": [d["text"] for d in part],
-                "domain": [domain] * len(part),
-                "label": [None if d.get("label") is None else str(d["label"]) for d in part],
-                "source": [str(d["source"]) for d in part]}
-        stats[split] = {"documents": len(part), "bytes": int(sizes[mask].sum()),
-                        "tokens": count_tokens(rows["text"], tokenizer),
-                        "sources": len(set(rows["source"])),
-                        "labels": len({x for x in rows["label"] if x is not None})}
-        shards += write_split(out, split, domain, rows, cfg.shard_docs)
-    if kept and not held.any():
-        print(f"warning: domain {domain!r} has a single source unit ({kept[0]['source']!r}), so "
+    held_kept = split_by_source(kept_sources, size_arr, heldout_target(cfg, size_arr.sum()),
+                                cfg.max_heldout_fraction, dseed) if len(kept_idx) else np.zeros(0, dtype=bool)
+    held = np.zeros(len(keep), dtype=bool)
+    held[kept_idx] = held_kept
+    writers = {split: stream.ShardWriter(out, out / SPLIT_DIRS[split] / domain, split, domain, SCHEMA,
+                                         cfg.shard_docs) for split in ("train", "heldout")}
+    stats = {split: {"documents": 0, "bytes": 0, "tokens": 0, "sources": set(), "labels": set()}
+             for split in writers}
+    pending: dict[str, list[str]] = {"train": [], "heldout": []}
+    try:
+        for i, doc in enumerate(spill):
+            if not keep[i]:
+                continue
+            split = "heldout" if held[i] else "train"
+            st = stats[split]
+            st["documents"] += 1
+            st["bytes"] += sizes[i]
+            st["sources"].add(doc["source"])
+            if doc["label"] is not None:
+                st["labels"].add(doc["label"])
+            writers[split].add({"id": doc["id"], "text": doc["text"], "domain": domain,
+                                "label": doc["label"], "source": doc["source"]})
+            pending[split].append(doc["text"])
+            if sum(map(len, pending[split])) > 4 * MB or len(pending[split]) >= 256:
+                st["tokens"] += count_tokens(pending[split], tokenizer)
+                pending[split] = []
+        shards = []
+        for split, w in writers.items():
+            stats[split]["tokens"] += count_tokens(pending[split], tokenizer)
+            shards += w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    stats = {split: {**st, "sources": len(st["sources"]), "labels": len(st["labels"])}
+             for split, st in stats.items()}
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    if len(kept_idx) and not held.any():
+        print(f"warning: domain {domain!r} has a single source unit ({kept_sources[0]!r}), so "
               f"nothing could be held out without splitting it", file=sys.stderr)
     info = {"domain": domain, "fingerprint": fingerprint, "label_kind": label_kind, **stats,
             "counts": counts, "shards": shards, "seconds": round(time.time() - t0, 2)}
@@ -322,6 +383,7 @@ def load_tokenizer(cfg: CorpusConfig):
     return gpt2()
 
 
+@locked("corpus build", lambda cfg, show=True: cfg.out)  # one writer per corpus dir
 def build(cfg: CorpusConfig, show: bool = True) -> dict:
     """Build (or resume) the corpus of ``cfg.domains`` under ``cfg.out``; returns the manifest."""
     from tqdm import tqdm
@@ -329,7 +391,6 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
     from .sources import read_domain
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # present only when the whole build finished
     t0 = time.time()
     tokenizer = load_tokenizer(cfg)

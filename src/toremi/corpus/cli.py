@@ -34,7 +34,7 @@ def _ingest_parser() -> argparse.ArgumentParser:
                                 "into a corpus directory (same layout and manifest as build).")
     p.add_argument("--input", required=True, help="a file or folder")
     p.add_argument("--out", required=True, help="output corpus directory")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "parquet", "text", "hf"])
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "parquet", "text", "hf", "mixed"])
     p.add_argument("--text-field", default="text")
     p.add_argument("--domain-field", default="domain")
     p.add_argument("--id-field", default="id")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             build(cfg)
         except SourceMissing as exc:
             print(f"toremi corpus build: {exc}", file=sys.stderr)
-            return 1
+            return 2
         print(f"corpus written to {cfg.out}")
         return 0
     if cmd == "ingest":
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             ingest(opt, cfg)
         except IngestError as exc:
             print(f"toremi corpus ingest: {exc}", file=sys.stderr)
-            return 1
+            return 2
         print(f"corpus written to {cfg.out}")
         return 0
     print(f"toremi corpus: unknown command {cmd!r} (use build, ingest or list)\n{__doc__}", file=sys.stderr)

@@ -11,8 +11,10 @@ candidate pair is verified by its estimated Jaccard similarity before a document
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import zlib
+from typing import Iterator
 
 import numpy as np
 
@@ -36,43 +38,99 @@ def exact_duplicates(texts: list[str]) -> np.ndarray:
     return dup
 
 
-def shingle_hashes(text: str, k: int, cache: dict) -> np.ndarray:
-    """64-bit hashes of the word k-grams of ``text`` (at least one per document)."""
-    words = _WORD.findall(text.lower())
-    ids = [cache[w] if w in cache else cache.setdefault(w, zlib.crc32(w.encode()) | 1 << 32)
-           for w in words] or [zlib.crc32(text.encode("utf-8", "replace")) | 1 << 32]
-    h = np.asarray(ids, dtype=np.uint64) * _MIX
+def _word_id_chunks(text: str, cache: dict, chunk: int) -> Iterator[np.ndarray]:
+    """The word ids of ``text`` in arrays of at most ``chunk`` (memory bounded for long texts)."""
+    it = (m.group() for m in _WORD.finditer(text.lower()))
+    while True:
+        ids = [cache[w] if w in cache else cache.setdefault(w, zlib.crc32(w.encode()) | 1 << 32)
+               for w in itertools.islice(it, chunk)]
+        if not ids:
+            return
+        yield np.asarray(ids, dtype=np.uint64)
+
+
+def _combine(h: np.ndarray, k: int) -> np.ndarray:
+    """Polynomial combination of ``k`` consecutive word hashes at every position (vectorised)."""
     n = max(1, len(h) - k + 1)
     out = np.zeros(n, dtype=np.uint64)
     mult = np.uint64(1)
     with np.errstate(over="ignore"):
-        for j in range(min(k, len(h))):  # polynomial combination of k words, vectorised over positions
+        for j in range(min(k, len(h))):
             out += h[j:j + n] * mult
             mult = np.uint64((int(mult) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF)
     return out
 
 
-def minhash_signatures(texts: list[str], num_perm: int = 64, k: int = 5, seed: int = 0,
-                       chunk: int = 1 << 18) -> np.ndarray:
-    """[len(texts), num_perm] uint32 MinHash signatures."""
+def iter_shingle_hashes(text: str, k: int, cache: dict, chunk: int = 1 << 16) -> Iterator[np.ndarray]:
+    """64-bit hashes of the word k-grams of ``text`` (at least one per document), in chunks, so a
+    multi-megabyte document never materialises all its words at once."""
+    carry = np.zeros(0, dtype=np.uint64)
+    produced = False
+    for ids in _word_id_chunks(text, cache, chunk):
+        with np.errstate(over="ignore"):
+            h = np.concatenate([carry, ids * _MIX])
+        if len(h) >= k:
+            yield _combine(h, k)
+            produced = True
+            carry = h[len(h) - k + 1:] if k > 1 else h[:0]
+        else:
+            carry = h
+    if not produced:
+        if len(carry):
+            yield _combine(carry, k)
+        else:
+            with np.errstate(over="ignore"):
+                yield _combine(np.array([zlib.crc32(text.encode("utf-8", "replace")) | 1 << 32],
+                                        dtype=np.uint64) * _MIX, k)
+
+
+def shingle_hashes(text: str, k: int, cache: dict) -> np.ndarray:
+    """64-bit hashes of the word k-grams of ``text`` (at least one per document)."""
+    return np.concatenate(list(iter_shingle_hashes(text, k, cache)))
+
+
+def minhash_params(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-    cache: dict = {}
-    sig = np.empty((len(texts), num_perm), dtype=np.uint32)
-    start = 0
-    while start < len(texts):
-        parts, total, end = [], 0, start
-        while end < len(texts) and (total < chunk or end == start):
-            parts.append(shingle_hashes(texts[end], k, cache))
-            total += len(parts[-1])
-            end += 1
+    return a, b
+
+
+def minhash_signatures(texts: list[str], num_perm: int = 64, k: int = 5, seed: int = 0,
+                       chunk: int = 1 << 14, cache: dict | None = None) -> np.ndarray:
+    """[len(texts), num_perm] uint32 MinHash signatures.
+
+    Shingle hashes are permuted ``chunk`` at a time and folded into a running minimum, so memory
+    stays at ``chunk x num_perm`` words however long a document is. ``cache`` memoises word
+    hashes across calls (callers clear it when it grows)."""
+    a, b = minhash_params(num_perm, seed)
+    cache = {} if cache is None else cache
+    sig = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    parts: list[np.ndarray] = []
+    owners: list[int] = []
+    total = 0
+
+    def flush():
+        nonlocal parts, owners, total
+        if not parts:
+            return
         h = np.concatenate(parts)
-        offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        lens = np.array([len(p) for p in parts])
+        offsets = np.cumsum(lens) - lens
         with np.errstate(over="ignore"):
             vals = ((h[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).astype(np.uint32)
-        sig[start:end] = np.minimum.reduceat(vals, offsets, axis=0)
-        start = end
+        red = np.minimum.reduceat(vals, offsets, axis=0)
+        np.minimum.at(sig, np.asarray(owners), red)  # a long document spans several chunks
+        parts, owners, total = [], [], 0
+
+    for i, text in enumerate(texts):
+        for h in iter_shingle_hashes(text, k, cache, chunk):
+            parts.append(h)
+            owners.append(i)
+            total += len(h)
+            if total >= chunk:
+                flush()
+    flush()
     return sig
 
 

@@ -1,11 +1,13 @@
 """``toremi eval``: per-domain perplexity / bits-per-byte and downstream accuracy of a checkpoint.
 
-    toremi eval --run runs/x --corpus out/corpus [--piqa DIR] [--max-docs N] [--out FILE]
+    toremi eval --run runs/x --corpus out/corpus [--piqa DIR] [--max-docs N] [--out FILE] [--allow-partial]
     toremi eval --model HF_DIR --corpus out/corpus [--tokenizer PATH|gpt2] [key=value ...]
 
 Writes ``<run_dir>/eval.json`` (or ``<model_dir>/eval.json`` / ``--out``) in the format of
 docs/ARCHITECTURE.md. A missing held-out domain, task domain or PIQA folder is skipped with a
 message (listed under ``skipped``); a tokenizer that does not match the checkpoint is refused.
+A run that did not finish (interrupted, stopped, diverged) is refused unless ``--allow-partial``
+is given, and every held-out shard read is checked against the hash the corpus recorded.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "float32"  # float32 | bfloat16 (autocast on CUDA: faster, NLL less exact)
     out: str | None = None
+    allow_partial: bool = False  # evaluate the newest checkpoint of an unfinished run
 
     def __post_init__(self):
         if (self.run is None) == (self.model is None):
@@ -87,17 +90,43 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     from toremi.evaluate.perplexity import domain_perplexity, heldout_domains, read_heldout
     from toremi.io import atomic_write_json
 
+    from toremi import integrity
+
     t0 = time.time()
     run_dir = Path(cfg.run) if cfg.run else None
+    partial = None
     if run_dir is not None:
+        partial = unfinished(run_dir)
+        if partial and not cfg.allow_partial:
+            raise ValueError(f"{run_dir}: the run is not finished ({partial['status']}, step "
+                             f"{partial['steps_done']}); resume it with `toremi train --out {run_dir} "
+                             f"...`, or pass --allow-partial to evaluate its newest checkpoint")
         model_dir, tok_path = resolve_run(run_dir)
+        if tok_path is None and (run_dir / "run.json").exists():  # a checkpoint: the run's tokens dir
+            from toremi.io import read_json
+
+            cand = Path(read_json(run_dir / "run.json").get("tokens_dir") or "") / "tokenizer.json"
+            tok_path = cand if cand.is_file() else None
     else:
         model_dir, tok_path = Path(cfg.model), None
+        if cfg.tokenizer:
+            check_tokenizer_fingerprint(model_dir, cfg.tokenizer)
+    verified = None
+    if cfg.corpus:  # every held-out shard checked before the model is even loaded
+        t1 = time.perf_counter()
+        shards = sorted((Path(cfg.corpus) / "eval").glob("*/shard-*.parquet"))
+        verified = {"files": integrity.verify_corpus_shards(Path(cfg.corpus), shards),
+                    "seconds": round(time.perf_counter() - t1, 4)}
     lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len,
                     bf16=cfg.dtype == "bfloat16")
     result = {"model": str(model_dir), "tokenizer": lm.tokenizer.info(), "max_len": lm.max_len,
               "domains": {}, "macro_ppl": None, "downstream": {}, "skipped": [],
               "config": to_dict(cfg)}
+    if partial:
+        log(f"eval: warning: {run_dir} is not finished ({partial['status']}); evaluating {model_dir}")
+        result["partial"] = partial
+    if verified is not None:
+        result["verified_sha256"] = verified
 
     def skip(what: str, why: str) -> None:
         log(f"eval: skipping {what}: {why}")
@@ -154,6 +183,36 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     return result
 
 
+def unfinished(run_dir: Path) -> dict | None:
+    """None for a finished run; else its status and step from run.json."""
+    from toremi.io import read_json
+
+    rj = Path(run_dir) / "run.json"
+    if not rj.exists():
+        return None if (Path(run_dir) / "final" / "config.json").exists() else \
+            {"status": "no run.json", "steps_done": None}
+    info = read_json(rj)
+    if info.get("status") == "done":
+        return None
+    return {"status": info.get("status"), "steps_done": info.get("steps_done")}
+
+
+def check_tokenizer_fingerprint(model_dir: Path, spec: str) -> None:
+    """Refuse ``--tokenizer`` when it is not the one the model was trained with."""
+    from toremi import integrity
+    from toremi.evaluate import CheckpointMismatch
+    from toremi.tokenizer import from_file, gpt2
+
+    want = integrity.model_tokenizer_fingerprint(model_dir)
+    if want is None:
+        return
+    got = gpt2().fingerprint if spec == "gpt2" else from_file(Path(spec)).fingerprint
+    if got != want:
+        raise CheckpointMismatch(f"--tokenizer {spec}: fingerprint {got} differs from {want}, the "
+                                 f"tokenizer {model_dir} was trained with; pass that one (the "
+                                 f"tokenizer.json in the run's final/ folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="toremi eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,10 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("run", "model", "tokenizer", "corpus", "piqa", "max-docs", "max-tokens",
                  "max-items", "batch-size", "max-len", "stride", "device", "dtype", "out"):
         p.add_argument(f"--{flag}")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="evaluate the newest checkpoint of an unfinished run (else refused)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. domains=[news,legal]")
     args = p.parse_args(argv)
     overrides = [f"{k}={v}" for k, v in vars(args).items()
-                 if k not in ("config", "overrides") and v is not None] + args.overrides
+                 if k not in ("config", "overrides", "allow_partial") and v is not None] + args.overrides
+    if args.allow_partial:
+        overrides.append("allow_partial=true")
     cfg = load_config(EvalConfig, args.config, overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -10,12 +10,27 @@ from toremi.train.config import ModelConfig, OptimConfig, TrainConfig
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run described by ``cfg``; returns the run dir. Under torchrun every
     rank calls this; the process group is created here and torn down at the end."""
+    from toremi import integrity
+    from toremi.io import atomic_write_json, read_json
     from toremi.train import distributed
     from toremi.train.trainer import Trainer
 
     d = distributed.setup(cfg.device)
     try:
-        return Trainer(cfg, d).run()
+        # One writer per run dir (rank 0 holds it for all ranks); every shard checked before use.
+        lock = integrity.hold_lock(cfg.out, "train") if d.is_main and cfg.out else None
+        try:
+            verified = integrity.verify_tokens(cfg.tokens_dir) if cfg.tokens_dir else None
+            trainer = Trainer(cfg, d)
+            run_dir = trainer.run()
+            if d.is_main and (run_dir / "run.json").exists():
+                info = read_json(run_dir / "run.json")
+                info.update(verified_sha256=verified, resume_changes=trainer.config_changes)
+                atomic_write_json(run_dir / "run.json", info)
+            return run_dir
+        finally:
+            if lock:
+                lock.release()
     finally:
         distributed.cleanup(d)
 

@@ -5,6 +5,9 @@ Examples:
   toremi train --tokens out/tokens --out runs/authors method=toremi method.preset=authors
   torchrun --nproc_per_node 8 -m toremi.train.cli --tokens ... --out ... model=gpt2 tokens=2e9
 Rerunning the same command resumes from the newest checkpoint in RUN_DIR.
+
+Exit status: 0 finished; 75 interrupted (SIGTERM/SIGINT, stop_at_step) with a checkpoint written,
+rerun to resume; 3 stopped on persistent non-finite loss (checkpoint written); 2 refused input.
 """
 
 from __future__ import annotations
@@ -65,7 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(list(sys.argv[1:] if argv is None else argv))
     run_dir = train(cfg)
     print(f"run dir: {run_dir}")
-    return 0
+    return exit_code(run_dir)
+
+
+def exit_code(run_dir) -> int:
+    """0 when run.json says done, 75 when interrupted/stopped early, 3 on a divergence stop."""
+    from pathlib import Path
+
+    from toremi.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
+    from toremi.io import read_json
+
+    status = read_json(Path(run_dir) / "run.json").get("status", "")
+    if status == "done":
+        return EXIT_OK
+    return EXIT_DIVERGED if "non-finite" in status else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

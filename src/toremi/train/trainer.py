@@ -17,6 +17,7 @@ import torch
 
 from toremi.data.loader import Batch, BatchLoader
 from toremi.data.shards import TokenDataset
+from toremi.config import to_dict
 from toremi.io import atomic_write_text
 from toremi.methods import build_method, rules
 from toremi.model import GPT, GPTConfig, per_sample_loss, save_hf
@@ -69,6 +70,7 @@ class Trainer(StepEngine):
         self.method = build_method(cfg.method, self.K, self.total, self.topic_counts)
         self.loader = BatchLoader(self.ds, cfg.batch_size, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
         self.step, self.stop_reason = 0, None
+        self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
         StepEngine.__init__(self, self.model, self.opt, self.sched, cfg.method, cfg.optim.grad_clip,
                             self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"))
@@ -130,7 +132,8 @@ class Trainer(StepEngine):
                 "bad": self.bad.cpu(), "accumulators": {k: getattr(self, k).cpu() for k in self.ACCUMULATORS},
                 "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
                 "world_size": self.d.world_size, "total_steps": self.total,
-                "method_options": self.cfg.method.options(), "model_size": self.cfg.model.size}
+                "method_options": self.cfg.method.options(), "model_size": self.cfg.model.size,
+                "config": to_dict(self.cfg), "config_changes": self.config_changes}
 
     def save(self, log: RunLogger | None = None) -> Path | None:
         path = None
@@ -161,6 +164,8 @@ class Trainer(StepEngine):
         if st["world_size"] != self.d.world_size:
             raise ValueError(f"{path} was written by {st['world_size']} processes, this run has "
                              f"{self.d.world_size}; resume with the same number")
+        # Settings changed since the checkpoint: refused (data/model/method/batch) or applied below.
+        changed = checkpoint.resume_changes(st, self.cfg, path)
         self.model.load_state_dict(model.state_dict())
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
@@ -171,6 +176,12 @@ class Trainer(StepEngine):
             getattr(self, k).copy_(st["accumulators"][k].to(self.dev))
         self.step = st["step"]
         checkpoint.set_rng_state(st["rng"])
+        checkpoint.apply_optim(self.opt, self.sched, self.cfg.optim)  # changed optim settings apply
+        self.config_changes = list(st.get("config_changes", [])) + (
+            [{"step": self.step, "changed": changed}] if changed else [])
+        if changed and self.d.is_main:
+            print(f"[toremi train] resume at step {self.step}: applying " + ", ".join(
+                f"{k} {a} -> {b}" for k, (a, b) in changed.items()), flush=True)
         return path
 
     # ------------------------------------------------------------------ the loop

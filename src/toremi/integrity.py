@@ -1,0 +1,311 @@
+"""Data you can trust: one writer per output dir, verified hashes, fingerprints at stage boundaries.
+
+- ``hold_lock(dir, stage)``: an advisory ``fcntl.flock`` on ``dir/.toremi.lock``. A second writer is
+  refused at once, naming the holder's PID; the kernel drops the lock when its holder dies, so a
+  lock left by a killed process never blocks a rerun.
+- ``file_sha256(path)``: the full sha256, cached by (path, size, mtime_ns, ctime_ns) in a small
+  SQLite file (``$TOREMI_HASH_CACHE``, default ``~/.cache/toremi/sha256.sqlite``), so verifying a
+  dataset that did not change costs one ``stat`` per file. The ctime is set by the kernel on every
+  write, so restoring an mtime after an edit does not hide it.
+- ``verify_tokens`` / ``verify_corpus``: compare every file a stage reads with the hash recorded
+  when it was written; a mismatch is refused with the file named and the command that rebuilds it.
+- ``stale_reason(recorded, now)``: why a finished shard/domain no longer matches its inputs
+  (None when it does), so resume redoes exactly what changed and says why.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from toremi.io import read_json, sha256_file
+
+LOCK_NAME = ".toremi.lock"
+
+
+class LockHeld(RuntimeError):
+    """Another process is writing the same output directory."""
+
+
+class IntegrityError(ValueError):
+    """A file differs from the hash recorded when it was written."""
+
+
+# --- one writer per directory ---------------------------------------------------------------
+class DirLock:
+    """Holds ``fcntl.flock`` on ``<dir>/.toremi.lock`` until released or the process exits."""
+
+    def __init__(self, directory: Path, stage: str):
+        self.dir, self.stage = Path(directory), stage
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / LOCK_NAME
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
+            os.close(self.fd)
+            try:
+                h = json.loads(holder)
+                who = f"`toremi {h.get('stage')}` (PID {h.get('pid')} on {h.get('host')}, since {h.get('since')})"
+            except ValueError:
+                who = "another process"
+            raise LockHeld(f"{self.dir} is being written by {who}; wait for it to finish, or "
+                           f"use another --out") from None
+        info = json.dumps({"pid": os.getpid(), "stage": stage, "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, info.encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+def hold_lock(directory: Path, stage: str) -> DirLock:
+    """Lock ``directory`` for this process (kept while the returned object lives)."""
+    return DirLock(directory, stage)
+
+
+def locked(stage: str, out_of: Callable[..., Any]):
+    """Decorator: hold the lock of the output dir ``out_of(*args, **kwargs)`` during the call, and
+    release it however the call ends (an exception kept alive by a caller must not keep it)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with DirLock(out_of(*args, **kwargs), stage):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
+
+
+# --- cached full hashes ---------------------------------------------------------------------
+def _cache_path() -> Path:
+    env = os.environ.get("TOREMI_HASH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "toremi" / "sha256.sqlite"
+
+
+def _cache() -> sqlite3.Connection | None:
+    try:
+        p = _cache_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(p, timeout=10)
+        db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT PRIMARY KEY, size INT, mtime INT, "
+                   "ctime INT, sha TEXT)")
+        return db
+    except (OSError, sqlite3.Error):
+        return None  # no writable cache: hash every time
+
+
+def file_sha256(path: Path, db: sqlite3.Connection | None = None) -> str:
+    """Full sha256 of ``path``, reused while its size, mtime and ctime are unchanged."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    own = db is None
+    db = _cache() if own else db
+    try:
+        if db is not None:
+            try:
+                row = db.execute("SELECT size, mtime, ctime, sha FROM h WHERE path=?", (str(path),)).fetchone()
+            except sqlite3.Error:  # the cache only saves time: never let it fail a stage
+                row = None
+            if row and tuple(row[:3]) == key:
+                return row[3]
+        sha = sha256_file(path)
+        if db is not None:
+            try:
+                db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?)", (str(path), *key, sha))
+                db.commit()
+            except sqlite3.Error:
+                pass
+        return sha
+    finally:
+        if own and db is not None:
+            db.close()
+
+
+def _check(root: Path, rel: str, want: str | None, rebuild: str, db, seen: dict) -> None:
+    path = root / rel
+    if not path.exists():
+        raise IntegrityError(f"{path}: missing (recorded in {root / 'manifest.json'}); rebuild "
+                             f"with `{rebuild}`")
+    got = file_sha256(path, db)
+    if want and got != want:
+        raise IntegrityError(f"{path}: sha256 {got[:12]} differs from the recorded {want[:12]}: the "
+                             f"file changed after it was written; rebuild with `{rebuild}`")
+    seen[rel] = got
+
+
+def prepare_command(tokens_dir: Path, manifest: dict) -> str:
+    c = manifest.get("config", {})
+    return (f"toremi prepare --corpus {c.get('corpus', 'CORPUS')} --out {tokens_dir} --tokenizer "
+            f"{c.get('tokenizer', 'gpt2')} --seq-len {manifest.get('seq_len')}")
+
+
+def verify_tokens(tokens_dir: Path) -> dict:
+    """Hash every token shard and index of a tokens dir against its manifest.
+
+    Returns ``{"files": {relpath: sha256}, "seconds": s}`` for run.json."""
+    t0 = time.perf_counter()
+    tokens_dir = Path(tokens_dir)
+    mpath = tokens_dir / "manifest.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"{tokens_dir}: no manifest.json; run `toremi prepare` first")
+    m = read_json(mpath)
+    rebuild = prepare_command(tokens_dir, m)
+    seen: dict[str, str] = {}
+    db = _cache()
+    try:
+        for s in m.get("shards", []):
+            _check(tokens_dir, s["path"], s.get("sha256"), rebuild, db, seen)
+        for split, sha in m.get("index_sha256", {}).items():
+            _check(tokens_dir, f"index-{split}.npz", sha, rebuild, db, seen)
+    finally:
+        if db is not None:
+            db.close()
+    return {"files": seen, "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def corpus_command(corpus: Path) -> str:
+    mpath = Path(corpus) / "manifest.json"
+    m = read_json(mpath) if mpath.exists() else {}
+    if "ingest" in m:
+        return f"toremi corpus ingest --input {m['ingest']['input']} --out {corpus}"
+    return f"toremi corpus build --out {corpus}"
+
+
+def recorded_corpus_hashes(corpus: Path) -> dict[str, str]:
+    """relpath -> sha256 as recorded by the corpus manifest, else by each shard's done marker."""
+    corpus = Path(corpus)
+    mpath = corpus / "manifest.json"
+    if mpath.exists():
+        return {s["path"]: s["sha256"] for s in read_json(mpath).get("shards", []) if s.get("sha256")}
+    out = {}
+    for marker in corpus.glob("*/*/shard-*.parquet.done"):
+        sha = read_json(marker).get("sha256")
+        if sha:
+            out[str(marker.relative_to(corpus))[: -len(".done")]] = sha
+    return out
+
+
+def verify_corpus_shards(corpus: Path, shards: list[Path]) -> dict[str, str]:
+    """Verify the given document shards of ``corpus`` against their recorded hashes (a shard with
+    no record, e.g. a hand-made corpus, is hashed and reported but cannot be checked)."""
+    corpus = Path(corpus)
+    want = recorded_corpus_hashes(corpus)
+    rebuild = corpus_command(corpus)
+    seen: dict[str, str] = {}
+    db = _cache()
+    try:
+        for shard in shards:
+            rel = str(Path(shard).relative_to(corpus))
+            _check(corpus, rel, want.get(rel), rebuild, db, seen)
+    finally:
+        if db is not None:
+            db.close()
+    return seen
+
+
+# --- fingerprints at stage boundaries -------------------------------------------------------
+def stale_reason(recorded: dict | None, now: dict) -> str | None:
+    """None when ``recorded`` equals ``now``; else which inputs changed, for the resume log."""
+    if not recorded:
+        return "no input fingerprint recorded (written by an older toremi)"
+    changed = [k for k in sorted(set(now) | set(recorded)) if recorded.get(k) != now.get(k)]
+    if not changed:
+        return None
+
+    def short(v: Any) -> str:
+        s = str(v)
+        return s[:12] if len(s) == 64 else s
+    return ", ".join(f"{k} {short(recorded.get(k))} -> {short(now.get(k))}" for k in changed) + " changed"
+
+
+def model_tokenizer_fingerprint(model_dir: Path) -> str | None:
+    """The fingerprint of the tokenizer a model folder was trained with, if it can be known: the
+    run.json of its run (``final/`` or ``checkpoints/step-*/model``), else its own tokenizer.json."""
+    model_dir = Path(model_dir).resolve()
+    for run in (model_dir.parent, model_dir.parent.parent.parent):
+        rj = run / "run.json"
+        if rj.exists():
+            tok = read_json(rj).get("tokenizer")
+            if isinstance(tok, dict) and tok.get("fingerprint"):
+                return tok["fingerprint"]
+    if (model_dir / "tokenizer.json").exists():
+        from toremi.tokenizer import from_file
+
+        return from_file(model_dir / "tokenizer.json").fingerprint
+    return None
+
+
+def token_shard_inputs(cfg, tok, jobs: list, topics, domains: list[str], index_version: int) -> list[dict]:
+    """Per prepare job ``(split, split_dir, shard)``: everything its token shard depends on.
+
+    The source shards are verified against the corpus's recorded hashes first (refused on a
+    mismatch, naming the command that rebuilds the corpus)."""
+    from toremi.io import sha256_json
+
+    corpus = Path(cfg.corpus)
+    source_sha = verify_corpus_shards(corpus, [shard for _, _, shard in jobs])
+    db = _cache()
+    try:
+        topics_json = None
+        if topics.attr_dir is not None:
+            topics_json = file_sha256(Path(topics.attr_dir).parent.parent / "topics.json", db)
+        common = {"tokenizer": tok.fingerprint, "seq_len": cfg.seq_len, "topics_from": cfg.topics_from,
+                  "max_topics": cfg.max_topics, "index_version": index_version,
+                  "domains": sha256_json(domains), "topic_names": sha256_json(topics.names),
+                  "topics_json": topics_json}
+        out = []
+        for _, split_dir, shard in jobs:
+            rel = str(Path(shard).relative_to(corpus))
+            attr = None
+            if topics.attr_dir is not None and split_dir == "documents":
+                attr_path = Path(topics.attr_dir) / Path(shard).parent.name / Path(shard).name
+                attr = file_sha256(attr_path, db) if attr_path.exists() else "missing"
+            out.append({**common, "source": rel, "source_sha256": source_sha[rel], "annotation": attr})
+        return out
+    finally:
+        if db is not None:
+            db.close()
+
+
+def reuse_token_shard(out_bin: Path, meta: dict, inputs: dict) -> str | None:
+    """None if the finished shard ``out_bin`` can be reused as is; else why it must be redone."""
+    if not meta:
+        return "not finished"
+    why = stale_reason(meta.get("inputs"), inputs)
+    if why:
+        return why
+    recorded = read_json(out_bin.with_name(out_bin.name + ".done")).get("sha256")
+    if recorded and file_sha256(out_bin) != recorded:
+        return f"{out_bin.name} changed after it was written (sha256 differs from its done marker)"
+    idx = out_bin.with_suffix(".idx.npz")
+    if meta.get("idx_sha256") and (not idx.exists() or file_sha256(idx) != meta["idx_sha256"]):
+        return f"{idx.name} changed after it was written"
+    return None
