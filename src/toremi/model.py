@@ -134,13 +134,20 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V]. ``doc_ids`` [B, T] (packed windows, ``attention=doc``): a token attends
-        only to earlier tokens of its own segment; None = plain causal attention."""
+        only to earlier tokens of its own segment and positions restart at 0 in each segment, so
+        every document piece is computed exactly as if it ran alone (as evaluation runs it);
+        None = plain causal attention over the window."""
         t = input_ids.shape[1]
         if t > self.config.block_size:
             raise ValueError(f"sequence length {t} > model block_size {self.config.block_size}")
         pos = torch.arange(t, device=input_ids.device)
+        mask = None
+        if doc_ids is not None:  # each document sees itself alone: masked, positions from 0
+            mask = doc_attention_mask(doc_ids, self.doc_attn_impl)
+            first = torch.ones_like(doc_ids, dtype=torch.bool)
+            first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+            pos = pos - torch.cummax(torch.where(first, pos, 0), dim=1).values
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
-        mask = None if doc_ids is None else doc_attention_mask(doc_ids, self.doc_attn_impl)
         for block in self.transformer.h:
             x = block(x, mask)
         return self.lm_head(self.transformer.ln_f(x))
