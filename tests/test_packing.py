@@ -243,3 +243,82 @@ def test_packed_step_is_sync_free(tiny_tokens, monkeypatch, compile, attention):
     assert _count_syncs(monkeypatch, lambda: [e.train_step(b) for b in batches[1:]]) == []
     assert e.stat_count[:ds.num_topics].sum() > before[:ds.num_topics].sum()
     assert torch.isfinite(e.log_sums).all() and int(e.bad[0]) == 0
+
+
+def test_own_loop_accepts_segment_maps_and_per_token_topics(tiny_tokens):
+    from toremi.train.hf import TopicReweighter
+
+    ds = TokenDataset(tiny_tokens)
+    b = BatchLoader(ds, batch_size=6, seed=2).next_batch()
+    torch.manual_seed(0)
+    logits = GPT(GPTConfig.named("tiny", ds.vocab_size, ds.seq_len))(b.input_ids).detach()
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    rws = [TopicReweighter(ds.num_topics, "toremi", total_steps=4, interval=2) for _ in range(3)]
+    for rw in rws:
+        rw.method.weights = w.clone()
+        rw._weights_to_device()
+    loss_map = rws[0].weighted_loss(logits, b.seg_topics, labels=b.labels, seg_ids=b.seg_ids)
+    s = segments.token_weights(w.float(), b.seg_topics, b.seg_ids)
+    ce = segments.token_ce(logits, b.labels)
+    assert torch.allclose(loss_map, (s * ce).sum() / s.sum(), rtol=1e-6)
+    ls, cnt = torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    segments.accumulate(ls, cnt, *segments.segment_stats(ce, b.seg_ids, len(b.seg_topics)), b.seg_topics)
+    assert torch.allclose(rws[0].loss_sum, ls) and torch.equal(rws[0].count, cnt)
+    # per-token topic ids: same loss, token-weighted statistics
+    per_token = torch.where(b.seg_ids[..., None] >= 0, b.seg_topics[b.seg_ids.clamp(min=0)], -1)
+    assert torch.allclose(rws[1].weighted_loss(logits, per_token, labels=b.labels), loss_map, rtol=1e-6)
+    assert rws[1].count[:5].sum() == ((b.seg_topics[b.seg_ids[b.seg_ids >= 0]] >= 0).sum())
+    # HF-style rows: labels = the window's tokens (shifted inside), row-local segment ids aligned
+    # with the labels, topics per row [B, S_max, M]
+    first = b.seg_ids[:, :1]
+    local = torch.where(b.seg_ids >= 0, b.seg_ids - first, -1)
+    pad = torch.full_like(first, -1)
+    smax = int(local.max()) + 1
+    rows = torch.full((6, smax, b.seg_topics.shape[1]), -1)
+    for r in range(6):
+        n = int(local[r].max()) + 1
+        rows[r, :n] = b.seg_topics[int(first[r, 0]):int(first[r, 0]) + n]
+    full = torch.cat([b.input_ids, b.labels[:, -1:].clamp(min=0)], 1)
+    hf_labels = torch.cat([pad - 99, b.labels], 1)
+    hf_logits = GPT(GPTConfig.named("tiny", ds.vocab_size, ds.seq_len + 1))(full).detach()
+    ref = TopicReweighter(ds.num_topics, "toremi", total_steps=4, interval=2)
+    for rw in (ref, rws[2]):
+        rw.method.weights = w.clone()
+        rw._weights_to_device()
+    loss_hf = rws[2].weighted_loss(hf_logits, rows, labels=hf_labels, shift=True,
+                                   seg_ids=torch.cat([pad, local], 1))
+    want = ref.weighted_loss(hf_logits[:, :-1], b.seg_topics, labels=b.labels, seg_ids=b.seg_ids)
+    assert torch.allclose(loss_hf, want, rtol=1e-6) and torch.equal(rws[2].count, ref.count)
+    assert torch.allclose(rws[2].loss_sum, ref.loss_sum)
+
+
+def test_hf_trainer_accepts_packed_rows(tiny_tokens, tmp_path):
+    pytest.importorskip("accelerate")
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    from toremi.train.hf import ReweightingTrainer, TopicReweighter
+
+    ds = TokenDataset(tiny_tokens)
+    b = ds.gather(np.nonzero(np.diff(np.asarray(ds.pack["seg_ptr"])) >= 2)[0][::4][:32])  # 2+ pieces
+    first = b["seg_ids"][:, :1]
+    local = torch.where(b["seg_ids"] >= 0, b["seg_ids"] - first, -1)
+    smax = int(local.max()) + 1
+    items = []
+    for r in range(32):
+        n = int(local[r].max()) + 1
+        topics = torch.full((smax, b["seg_topics"].shape[1]), -1)
+        topics[:n] = b["seg_topics"][int(first[r, 0]):int(first[r, 0]) + n]
+        items.append({"input_ids": b["input_ids"][r], "labels": b["input_ids"][r], "topic_ids": topics,
+                      "seg_ids": torch.cat([torch.tensor([-1]), local[r, :-1]])})  # aligned with labels
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=ds.vocab_size, n_positions=ds.seq_len, n_embd=32,
+                                       n_layer=1, n_head=2))
+    rw = TopicReweighter(ds.num_topics, "toremi", total_steps=6, interval=2, alpha=5.0)
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=6, per_device_train_batch_size=4,
+                             learning_rate=1e-3, remove_unused_columns=False, report_to=[],
+                             use_cpu=True, save_strategy="no", logging_steps=2, disable_tqdm=True)
+    out = ReweightingTrainer(model=model, args=args, train_dataset=items, reweighter=rw).train()
+    assert np.isfinite(out.training_loss) and len(rw.records) == 3
+    assert any(w != 1.0 for w in rw.topic_weights.tolist())
+    pieces = sum(sum(r["topic_count"]) for r in rw.records)
+    assert pieces > 40, [r["topic_count"] for r in rw.records]  # ~2 pieces in each of 24 rows, not 24
