@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             cfg = load_config(TrainConfig, None, [
                 f"tokens_dir={tokens}", f"out={run}", f"steps={steps}", f"batch_size={a.batch}",
                 f"seed={seed}", f"packing={packing}", f"model.attention={attention}", "model.size=tiny",
-                "optim.lr=0.003", "optim.warmup_steps=30", "eval_every=0", "eval_batches=4",
+                "optim.lr=0.003", f"optim.warmup_steps={max(1, steps // 6)}", "eval_every=0", "eval_batches=4",
                 "log_every=50", "progress=false", "method.name=uniform"])
             if not (run / "eval.json").exists():
                 train(cfg)
