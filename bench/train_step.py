@@ -38,6 +38,7 @@ from toremi.data.loader import Batch  # noqa: E402
 from toremi.methods import MethodConfig, build_method  # noqa: E402
 from toremi.model import GPT, GPTConfig  # noqa: E402
 from toremi.train.distributed import Dist, resolve_device  # noqa: E402
+from toremi.train import segments  # noqa: E402
 from toremi.train.step import StepEngine  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -246,8 +247,8 @@ def main(argv=None) -> int:
 
     engines, batches, steps = {}, {}, {}
     if a.tokens:
-        batches["k"] = real_batches(a.tokens, "none", 4, a.batch, device)
-        batches["packed"] = real_batches(a.tokens, "docs", 4, a.batch, device)
+        batches["k"] = real_batches(a.tokens, "none", 32, a.batch, device)  # 32: a fair sample of the fill
+        batches["packed"] = real_batches(a.tokens, "docs", 32, a.batch, device)
     else:
         batches["k"] = synthetic_batches(4, a.batch, a.seq, a.vocab, a.topics, 3, device)
         g = torch.Generator().manual_seed(5)
@@ -259,13 +260,13 @@ def main(argv=None) -> int:
     cfg_u, cfg_t = MethodConfig(name="uniform"), MethodConfig(name="toremi")
     if "uniform" in variants:
         engines["uniform"] = StepEngine(model, opt, None, cfg_u, 1.0, a.topics, d, compile_, bf16)
-        steps["uniform"] = lambda i: engines["uniform"].train_step([batches["k"][i % 4]])
+        steps["uniform"] = lambda i: engines["uniform"].train_step([batches["k"][i % len(batches["k"])]])
     shared_fwd = lambda e: setattr(e, "fwd", engines["uniform"].fwd) if "uniform" in engines else None
     if "toremi" in variants:  # same model => same compiled forward+loss graph: compile it once
         e = engines["toremi"] = StepEngine(model, opt, None, cfg_t, 1.0, a.topics, d, compile_, bf16)
         shared_fwd(e)
         e.set_weights(0.1 + 4.9 * torch.rand(a.topics, dtype=torch.float64))
-        steps["toremi"] = lambda i: engines["toremi"].train_step([batches["k"][i % 4]])
+        steps["toremi"] = lambda i: engines["toremi"].train_step([batches["k"][i % len(batches["k"])]])
     if "toremi10k" in variants:
         e = engines["toremi10k"] = StepEngine(model, opt, None, cfg_t, 1.0, 10_000, d, compile_, bf16)
         shared_fwd(e)
@@ -280,7 +281,7 @@ def main(argv=None) -> int:
                 e.fwd_packed = engines["uniform_packed"].fwd_packed
             if w:
                 e.set_weights(0.1 + 4.9 * torch.rand(a.topics, dtype=torch.float64))
-            steps[name] = (lambda e: lambda i: e.train_step([batches["packed"][i % 4]]))(e)
+            steps[name] = (lambda e: lambda i: e.train_step([batches["packed"][i % len(batches["packed"])]]))(e)
     if "plain" in variants:
         def fwd(x, y):
             with amp:
@@ -347,6 +348,24 @@ def main(argv=None) -> int:
             res["machinery_by_batch"][bsz] = {"ms": ms, "authors_loop_ms": ms_authors}
             print(f"  weighting+stats alone at B={bsz}: {ms:.3f} ms; authors' loop {ms_authors:.3f} ms "
                   f"({ms_authors / ms:.1f}x)")
+    if "toremi_packed" in engines:  # packed weighting + segment statistics alone, as % of a step
+        e, bt = engines["toremi_packed"], batches["packed"][0]
+        ce = torch.rand(bt.labels.shape, device=e.dev, requires_grad=True)
+        s_n = len(bt.seg_topics)
+
+        def packed_ours():
+            s = segments.token_weights(e.w_dev, bt.seg_topics, bt.seg_ids, 1.0)
+            loss = (s * ce).sum() / s.sum()
+            sl, sn = segments.segment_stats(ce, bt.seg_ids, s_n)
+            segments.accumulate(e.stat_loss, e.stat_count, sl, sn, bt.seg_topics, bt.seg_bytes)
+            segments.accumulate(e.log_tloss, e.log_tcount, sl, sn, bt.seg_topics, bt.seg_bytes)
+            return loss
+        for _ in range(5):
+            packed_ours()
+        ms = min(timed(packed_ours, e.dev) for _ in range(50)) * 1e3
+        pct = ms / v["toremi_packed"]["min_ms"] * 100
+        res["machinery_toremi_packed"] = {"ms": ms, "pct_of_step_min": pct}
+        print(f"  packed weighting+segment stats alone: {ms:.3f} ms = {pct:.2f}% of the fastest packed step")
     for name in ("toremi", "toremi10k"):
         if name in engines:
             ms, ms_authors = machinery_ms(engines[name], batches["10k" if name == "toremi10k" else "k"][0])
