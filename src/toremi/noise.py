@@ -207,8 +207,6 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
             "corrupted_docs": len(chosen), "corrupted_sequences": int(len(rows))}
     manifest["noise"] = info
     manifest["data_hash"] = sha256_json([manifest.get("data_hash"), info])
-    if "packed" in manifest:  # packed windows read the same (now noisy) shards
-        manifest["packed"]["data_hash"] = sha256_json([manifest["packed"]["data_hash"], info])
     atomic_write_json(out / "manifest.json", manifest)
     atomic_write_json(out / "noise.json", info)
     log(f"noise: randomised {len(rows)} sequences of {len(chosen)} {cfg.topic} documents -> {out}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toremi.io import atomic_path, read_json
+from toremi.io import atomic_path, read_json, sha256_json
 
 MAGIC = b"TOREMI\0\0"
 FORMAT_VERSION = 1
@@ -106,7 +106,9 @@ class TokenDataset:
         self.eot_id: int = self.manifest["tokenizer"]["eot_id"]
         self.topic_names: list[str] = self.manifest["topic_names"]
         self.domain_names: list[str] = self.manifest["domain_names"]
-        self.data_hash: str = self.manifest["packed"]["data_hash"] if self.packed else self.manifest["data_hash"]
+        self.data_hash: str = self.manifest["data_hash"]
+        if self.packed:  # the per-document data and the packed index both identify the run's data
+            self.data_hash = sha256_json([self.data_hash, self.manifest["packed"]["data_hash"]])
         self._shards = [self.dir / s["path"] for s in self.manifest["shards"]]
 
     def __len__(self) -> int:
