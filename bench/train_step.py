@@ -365,7 +365,7 @@ def main(argv=None) -> int:
         ms = min(timed(packed_ours, e.dev) for _ in range(50)) * 1e3
         pct = ms / v["toremi_packed"]["min_ms"] * 100
         res["machinery_toremi_packed"] = {"ms": ms, "pct_of_step_min": pct}
-        print(f"  packed weighting+segment stats alone: {ms:.3f} ms = {pct:.2f}% of the fastest packed step")
+        print(f"  packed weighting+segment stats alone: {ms:.3f} ms = {pct:.4f}% of the fastest packed step")
     for name in ("toremi", "toremi10k"):
         if name in engines:
             ms, ms_authors = machinery_ms(engines[name], batches["10k" if name == "toremi10k" else "k"][0])
