@@ -34,7 +34,7 @@ def test_cut_windows_cover_every_target_once():
 
 
 def test_prepared_windows_reproduce_documents(tiny_corpus, tiny_tokens):
-    ds = TokenDataset(tiny_tokens)
+    ds = TokenDataset(tiny_tokens, packing="none")
     tok = from_file(tiny_tokens / "tokenizer.json")
     docs = pq.read_table(tiny_tokens / "documents.parquet").column("id").to_pylist()
     table = pq.read_table(tiny_corpus / "documents" / "tech" / "shard-00000.parquet")
@@ -57,11 +57,13 @@ def _take(loader, n):
 
 def _same(a, b):
     return all(torch.equal(getattr(x, f), getattr(y, f)) for x, y in zip(a, b)
-               for f in ("input_ids", "labels", "topic_ids", "domain_ids", "sample_index"))
+               for f in ("input_ids", "labels", "topic_ids", "domain_ids", "sample_index", "seg_ids",
+                         "seg_topics", "seg_bytes") if getattr(x, f) is not None or getattr(y, f) is not None)
 
 
-def test_loader_interrupt_and_resume_matches_uninterrupted(tiny_tokens, tmp_path):
-    ds = TokenDataset(tiny_tokens)
+@pytest.mark.parametrize("packing", ["none", "docs"])
+def test_loader_interrupt_and_resume_matches_uninterrupted(tiny_tokens, tmp_path, packing):
+    ds = TokenDataset(tiny_tokens, packing=packing)
     probs = torch.tensor([0.5, 0.1, 0.1, 0.1, 0.2])
 
     def run(interrupt_at=None):
@@ -72,19 +74,20 @@ def test_loader_interrupt_and_resume_matches_uninterrupted(tiny_tokens, tmp_path
                 loader.set_topic_probs(probs)
             if step == interrupt_at:
                 torch.save(loader.state_dict(), tmp_path / "loader.pt")
-                loader = BatchLoader(TokenDataset(tiny_tokens), batch_size=8, seed=99)
+                loader = BatchLoader(TokenDataset(tiny_tokens, packing=packing), batch_size=8, seed=99)
                 loader.load_state_dict(torch.load(tmp_path / "loader.pt", weights_only=False))
             out.append(loader.next_batch())
         return out
 
     full = run()
+    assert all((b.seg_ids is not None) == (packing == "docs") for b in full)
     for k in (5, 407, 950):
         assert _same(full, run(interrupt_at=k)), f"resume at step {k} diverged"
     assert not _same(full[:5], _take(BatchLoader(ds, batch_size=8, seed=4), 5))
 
 
 def test_loader_topic_sampling_follows_probabilities(tiny_tokens):
-    ds = TokenDataset(tiny_tokens)
+    ds = TokenDataset(tiny_tokens, packing="none")
     loader = BatchLoader(ds, batch_size=256, seed=0)
     loader.set_topic_probs(torch.tensor([0.7, 0.0, 0.1, 0.0, 0.2]))
     topics = torch.cat([loader.next_batch().topic_ids[:, 0] for _ in range(20)])
@@ -139,7 +142,7 @@ def test_missing_annotations_warn_and_leave_samples_unlabelled(tiny_corpus, tmp_
 
 
 def test_target_bytes_add_up_to_each_document(tiny_corpus, tiny_tokens):
-    ds = TokenDataset(tiny_tokens)
+    ds = TokenDataset(tiny_tokens, packing="none")
     docs = pq.read_table(tiny_tokens / "documents.parquet").column("id").to_pylist()
     table = pq.read_table(tiny_corpus / "documents" / "sports" / "shard-00000.parquet")
     text_by_id = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))

@@ -149,7 +149,7 @@ def test_token_noise_on_prepared_data(corpus, tmp_path):
     out = tmp_path / "noisy-tokens"
     assert noise_main(["--tokens", str(tokens), "--out", str(out), "--kind", "tokens",
                        "--topic", "Technology", "--seed", "1"]) == 0
-    clean, noisy = TokenDataset(tokens), TokenDataset(out)
+    clean, noisy = TokenDataset(tokens, packing="none"), TokenDataset(out, packing="none")
     assert noisy.data_hash != clean.data_hash
     eot = clean.eot_id
     flagged = (clean.topics == 2).any(1)
@@ -192,7 +192,7 @@ def test_text_noise_from_a_tokens_dir(corpus, tmp_path):
                                    seq_len=48))
     out = tmp_path / "noisy"
     assert noise_main(["--tokens", str(tokens), "--out", str(out), "--kind", "chars"]) == 0
-    clean, noisy = TokenDataset(tokens), TokenDataset(out)
+    clean, noisy = TokenDataset(tokens, packing="none"), TokenDataset(out, packing="none")
     assert noisy.manifest["tokenizer"]["fingerprint"] == clean.manifest["tokenizer"]["fingerprint"]
     assert noisy.manifest["noise"]["corrupted"] == 27 and noisy.data_hash != clean.data_hash
     a, b = doc_tokens(clean), doc_tokens(noisy)

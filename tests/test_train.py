@@ -133,7 +133,7 @@ def _trainer(tokens, out, *overrides) -> Trainer:
 
 
 def test_nonfinite_step_is_skipped_then_training_continues(tiny_tokens, tmp_path):
-    tr = _trainer(tiny_tokens, tmp_path / "nan", "method.name=toremi")
+    tr = _trainer(tiny_tokens, tmp_path / "nan", "method.name=toremi", "packing=none")  # 8 samples/step
     p = tr.model.transformer.h[0].mlp.c_fc.weight
     poison = {"on": False}
     p.register_hook(lambda g: torch.full_like(g, float("nan")) if poison["on"] else g)

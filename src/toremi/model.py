@@ -60,12 +60,19 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd)
         self.c_proj = nn.Linear(c.n_embd, c.n_embd)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         b, t, d = x.shape
         q, k, v = self.c_attn(x).split(d, dim=2)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        elif isinstance(mask, torch.Tensor):  # [B, 1, T, T] bool: causal and same document
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:  # a FlexAttention BlockMask
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -85,8 +92,8 @@ class Block(nn.Module):
         self.ln_1, self.attn = nn.LayerNorm(c.n_embd), Attention(c)
         self.ln_2, self.mlp = nn.LayerNorm(c.n_embd), MLP(c)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -123,14 +130,26 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    doc_attn_impl = "auto"  # auto (flex on CUDA, masked SDPA elsewhere) | flex | sdpa
+
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]. ``doc_ids`` [B, T] (packed windows, ``attention=doc``): a token attends
+        only to earlier tokens of its own segment and positions restart at 0 in each segment, so
+        every document piece is computed exactly as if it ran alone (as evaluation runs it);
+        None = plain causal attention over the window."""
         t = input_ids.shape[1]
         if t > self.config.block_size:
             raise ValueError(f"sequence length {t} > model block_size {self.config.block_size}")
         pos = torch.arange(t, device=input_ids.device)
+        mask = None
+        if doc_ids is not None:  # each document sees itself alone: masked, positions from 0
+            mask = doc_attention_mask(doc_ids, self.doc_attn_impl)
+            first = torch.ones_like(doc_ids, dtype=torch.bool)
+            first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+            pos = pos - torch.cummax(torch.where(first, pos, 0), dim=1).values
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, mask)
         return self.lm_head(self.transformer.ln_f(x))
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8,
@@ -143,6 +162,21 @@ class GPT(nn.Module):
         if fused is None:
             fused = next(self.parameters()).device.type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+def doc_attention_mask(doc_ids: torch.Tensor, impl: str = "auto"):
+    """Causal attention within documents. ``flex``: a FlexAttention block mask (fully masked
+    blocks are skipped, so cost falls with shorter documents); ``sdpa``: a dense [B, 1, T, T] bool
+    mask for scaled_dot_product_attention (correct everywhere, O(T²) memory, no fused kernel)."""
+    b, t = doc_ids.shape
+    if impl == "flex" or (impl == "auto" and doc_ids.is_cuda):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_doc_causal(bi, h, q, kv):
+            return (q >= kv) & (doc_ids[bi, q] == doc_ids[bi, kv])
+        return create_block_mask(same_doc_causal, b, None, t, t, device=doc_ids.device)
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

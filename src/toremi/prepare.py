@@ -4,6 +4,12 @@ One token shard per document shard, each with a completion marker, so an interru
 at the first unfinished shard. Documents are cut into windows of at most ``seq_len + 1`` tokens
 (inputs ``[:-1]``, targets ``[1:]``); a window never spans two documents. The held-out documents
 (``corpus/eval``) become the ``val`` split, capped per domain, for validation loss during training.
+
+``packing=docs`` (default) also writes ``packed-train/``: full windows over the documents back to
+back with a CSR segment map (toremi.data.packing). The shards and the per-document index are the
+same in both modes (``packing=none`` output is bit-identical to before packing existed), so one
+tokens dir serves both modes; the val split stays per document so that validation losses compare
+across modes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from tqdm import tqdm
 from toremi import __version__, integrity
 from toremi.corpus.documents import iter_shards
 from toremi.config import load_config, save_config, to_dict
+from toremi.data import packing as packmod
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
                        sha256_json)
@@ -48,6 +55,7 @@ class PrepareConfig:
     batch_docs: int = 8192         # documents per encode_batch call (Rust-parallel)
     val_sequences_per_domain: int = 256
     bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
+    packing: Literal["none", "docs"] = "docs"  # docs: also write packed-train/ (full windows)
 
     def __post_init__(self):
         if self.seq_len < 2:
@@ -55,6 +63,8 @@ class PrepareConfig:
         if self.max_topics < 1:
             raise ValueError(f"max_topics must be >= 1, got {self.max_topics}")
         check_spec(self.tokenizer)
+        if self.packing not in ("none", "docs"):
+            raise ValueError(f"packing={self.packing!r}: choose none or docs")
 
 
 def document_shards(corpus: Path, split: str) -> list[Path]:
@@ -162,6 +172,10 @@ def _prepare_shard(encoded, shard: Path, split_dir: str, tok: Tokenizer, cfg: Pr
     with atomic_path(out_bin.with_suffix(".idx.npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **index)
+    if cfg.packing == "docs" and split_dir == "documents":  # packed windows (toremi.data.packing)
+        packed = packmod.pack_shard(lengths, cfg.seq_len, byte_cumsum)
+        with atomic_path(out_bin.with_suffix(".pack.npz")) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **packed, doc_topics=doc_topics, doc_domain=domain)
     return {"documents": table.num_rows, "tokens": int(lengths.sum()), "sequences": len(doc),
             "doc_ids": table.column("id").to_pylist(),
             "bytes": int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)}
@@ -224,6 +238,9 @@ def prepare(cfg: PrepareConfig) -> Path:
         meta_path = out_bins[k].with_suffix(".meta.json")
         meta = read_json(meta_path) if is_done(out_bins[k]) and meta_path.exists() else {}
         why = integrity.reuse_token_shard(out_bins[k], meta, inputs[k])  # exact input match only
+        if why is None and not (cfg.packing == "none" or jobs[k][0] != "train"
+                                or out_bins[k].with_suffix(".pack.npz").exists()):
+            why = "its packed index is missing"
         if why is None:
             finished[k] = meta
         elif meta:
@@ -296,6 +313,7 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
     index_hashes = {split: sha256_file(cfg.out / f"index-{split}.npz") for split in parts}
     data_hash = sha256_json([[s["sha256"] for s in shards], index_hashes, topics.names,
                              tok.fingerprint, cfg.seq_len])
+    fills = _fills(cfg, stats, domains, data_hash)
     manifest = {
         "format": "toremi.tokens/1", "toremi_version": __version__,
         "tokenizer": tok.info(), "seq_len": cfg.seq_len, "topic_names": topics.names,
@@ -304,9 +322,59 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
         "sequences": {split: int(sum(len(p["offset"]) for p in items)) for split, items in parts.items()},
         "tokens": {split: int(sum(s["tokens"] for s in stats if s["split"] == split)) for split in parts},
         "data_hash": data_hash, "config": to_dict(cfg), "seconds": round(seconds, 2),
+        **fills,
     }
     atomic_write_json(cfg.out / "manifest.json", manifest)
     return cfg.out
+
+
+def _fills(cfg, stats, domains, data_hash) -> dict:
+    """Manifest keys ``packing``, ``fill`` (real target tokens / slots of the train windows, per
+    mode, overall and per domain) and, with packing=docs, ``packed`` (merged packed-train/ index)."""
+    with np.load(cfg.out / "index-train.npz") as z:
+        length, domain = z["length"], z["domain"]
+    real = np.bincount(domain, weights=length - 1, minlength=len(domains))
+    slots = np.bincount(domain, minlength=len(domains)) * cfg.seq_len
+    per = lambda r, n: {d: round(float(r[i] / n[i]), 4) for i, d in enumerate(domains) if n[i]}
+    out = {"packing": cfg.packing, "fill": {"none": {"overall": round(packmod.fill(real.sum(), len(length), cfg.seq_len), 4),
+                                                      "per_domain": per(real, slots)}}}
+    if cfg.packing == "none":
+        return out
+    parts, doc_base, doc_topics, doc_domain = [], 0, [], []
+    for shard_no, info in enumerate(stats):
+        pack_path = cfg.out / Path(info["path"]).with_suffix(".pack.npz")
+        if info["split"] == "train":
+            with np.load(pack_path) as z:
+                p = {k: z[k] for k in z.files}
+            doc_topics.append(p.pop("doc_topics"))
+            dom = p.pop("doc_domain")
+            doc_domain.append(dom)
+            w = len(p["offset"])
+            p["shard"] = np.full(w, shard_no, dtype=np.int32)
+            p["domain"] = np.full(w, dom[0] if len(dom) else 0, dtype=np.int16)  # one domain per shard
+            p["seg_doc"] = p["seg_doc"] + doc_base
+            parts.append(p)
+        else:  # val documents keep their global ids: pad the per-document arrays
+            doc_topics.append(np.full((info["documents"], cfg.max_topics), -1, dtype=np.int32))
+            doc_domain.append(np.full(info["documents"], domains.index(info["domain"]), dtype=np.int16))
+        doc_base += info["documents"]
+    ptr_base = np.cumsum([0] + [p["seg_ptr"][-1] for p in parts])
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in
+              ("shard", "offset", "length", "bytes", "domain", "seg_start", "seg_len", "seg_doc", "seg_bytes")}
+    merged["seg_ptr"] = np.concatenate([[0]] + [p["seg_ptr"][1:] + b for p, b in zip(parts, ptr_base)])
+    merged["doc_topics"] = np.concatenate(doc_topics)
+    merged["doc_domain"] = np.concatenate(doc_domain)
+    merged["topics"] = packmod.window_topics(merged["seg_ptr"], merged["seg_doc"], merged["doc_topics"])
+    packmod.write_packed(cfg.out / "packed-train", merged)
+    hashes = {k: sha256_file(cfg.out / "packed-train" / f"{k}.npy") for k in sorted(merged)}
+    seg_dom = merged["doc_domain"][merged["seg_doc"]]
+    real = np.bincount(seg_dom, weights=merged["seg_len"], minlength=len(domains))
+    slots = np.bincount(merged["domain"], minlength=len(domains)) * cfg.seq_len
+    out["fill"]["docs"] = {"overall": round(packmod.fill(real.sum(), len(merged["offset"]), cfg.seq_len), 4),
+                           "per_domain": per(real, slots)}
+    out["packed"] = {"windows": int(len(merged["offset"])), "segments": int(len(merged["seg_len"])),
+                     "sha256": hashes, "data_hash": sha256_json([data_hash, hashes, "packing=docs"])}
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -328,5 +396,6 @@ def main(argv: list[str]) -> int:
     m = read_json(out / "manifest.json")
     print(json.dumps({"out": str(out), "tokenizer": m["tokenizer"], "sequences": m["sequences"],
                       "tokens": m["tokens"], "topics": len(m["topic_names"]),
+                      "packing": m["packing"], "fill": {k: v["overall"] for k, v in m["fill"].items()},
                       "seconds": m["seconds"]}, indent=2))
     return 0

@@ -9,6 +9,14 @@ Two modes:
 - ``topic``: after ``set_topic_probs(p)``, a topic is drawn from ``p`` for every slot and then a
   sequence uniformly among that topic's sequences (unlabelled sequences keep their natural share).
   Sampling-based methods (stratified, ODM, ToReMi-as-sampling) drive this.
+
+Packed windows (``packing=docs``) hold pieces of several documents. Topic sampling then draws
+*windows*: a window's topics are the union of its segments' topics, each with its token share
+(a segment with m topics gives each 1/m of its tokens); a topic is drawn from ``p`` and then a
+window among those carrying it with probability proportional to that topic's share in it, so the
+expected share of topic-k tokens follows ``p`` while every window stays full. Unlabelled tokens
+keep their natural share. (Drawing documents instead would mean packing at load time and a state
+that grows with the batch; windows keep the state tiny and resume exact.)
 """
 
 from __future__ import annotations
@@ -29,7 +37,11 @@ class Batch:
     domain_ids: torch.Tensor  # [B] long
     sample_index: torch.Tensor  # [B] long, row in the dataset index
     target_bytes: torch.Tensor | None = None  # [B] long, UTF-8 bytes of the targets
-
+    # packed windows only (toremi.data.packing): the segment map, numbered over the batch
+    seg_ids: torch.Tensor | None = None     # [B, T] long, segment of each target; -1 = no target
+    seg_topics: torch.Tensor | None = None  # [S, M] long, -1 padding (document topics)
+    seg_bytes: torch.Tensor | None = None   # [S] long, UTF-8 bytes of each segment's targets
+    seg_domain: torch.Tensor | None = None  # [S] long
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
         return Batch(**{f.name: None if getattr(self, f.name) is None else
@@ -62,6 +74,9 @@ class BatchLoader:
 
     # -- topic buckets: CSR of topic -> sequence rows, last bucket = unlabelled -----------------
     def _build_topic_buckets(self) -> None:
+        if self.ds.packed:
+            return self._build_packed_buckets()
+        self._bucket_cum = None
         topics = self.ds.topics
         num_topics = self.ds.num_topics
         rows, cols = np.nonzero(topics >= 0)
@@ -75,6 +90,24 @@ class BatchLoader:
         self._bucket_counts = torch.from_numpy(counts.astype(np.int64))
         self._bucket_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
         self._unlabelled_share = len(unlabelled) / len(self.ds)
+
+    def _build_packed_buckets(self) -> None:
+        """Buckets of (window, topic token share); the last bucket holds unlabelled tokens."""
+        from toremi.data.packing import topic_shares
+
+        p, k = self.ds.pack, self.ds.num_topics
+        win, bucket, share = topic_shares(np.asarray(p["seg_ptr"]), np.asarray(p["seg_len"]),
+                                          np.asarray(p["seg_doc"]), np.asarray(p["doc_topics"]), k)
+        order = np.lexsort((win, bucket))
+        self._bucket_members = torch.from_numpy(win[order].astype(np.int64))
+        self._bucket_cum = torch.from_numpy(np.cumsum(share[order]))
+        counts = np.bincount(bucket, minlength=k + 1)
+        mass = np.bincount(bucket, weights=share, minlength=k + 1)
+        self._bucket_counts = torch.from_numpy(counts.astype(np.int64))
+        self._bucket_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        self._bucket_base = torch.from_numpy(np.concatenate([[0.0], np.cumsum(mass)[:-1]]))
+        self._bucket_mass = torch.from_numpy(mass)
+        self._unlabelled_share = float(mass[k] / max(mass.sum(), 1e-300))
 
     def set_topic_probs(self, probs: torch.Tensor | None) -> None:
         """Sample topics by ``probs`` from the next batch on (``None``: back to shuffling)."""
@@ -112,8 +145,14 @@ class BatchLoader:
         probs = torch.cat([self.topic_probs * (1 - share), torch.tensor([share], dtype=torch.float64)])
         probs = probs * (self._bucket_counts > 0)
         buckets = torch.multinomial(probs, n, replacement=True, generator=self.generator)
-        within = (torch.rand(n, generator=self.generator, dtype=torch.float64)
-                  * self._bucket_counts[buckets]).long()
+        u = torch.rand(n, generator=self.generator, dtype=torch.float64)
+        if self._bucket_cum is not None:  # packed: a window with probability ∝ the topic's share in it
+            pos = torch.searchsorted(self._bucket_cum, self._bucket_base[buckets] + u * self._bucket_mass[buckets],
+                                     right=True)
+            lo = self._bucket_starts[buckets]
+            pos = torch.minimum(torch.maximum(pos, lo), lo + self._bucket_counts[buckets] - 1)
+            return self._bucket_members[pos].numpy()
+        within = (u * self._bucket_counts[buckets]).long()
         return self._bucket_members[self._bucket_starts[buckets] + within].numpy()
 
     def next_global_indices(self) -> np.ndarray:
@@ -135,9 +174,13 @@ class BatchLoader:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
                 "generator": self.generator.get_state(),
                 "topic_probs": None if self.topic_probs is None else self.topic_probs.clone(),
-                "global_batch": self.global_batch, "data_hash": self.ds.data_hash}
+                "global_batch": self.global_batch, "data_hash": self.ds.data_hash,
+                "packing": self.ds.packing}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("packing", "none") != self.ds.packing:
+            raise ValueError(f"loader state was saved with packing={state.get('packing', 'none')}, this "
+                             f"run reads packing={self.ds.packing}; resume with the same packing")
         if state["data_hash"] != self.ds.data_hash:
             raise ValueError("loader state was saved on different data (data hash differs)")
         if state["global_batch"] != self.global_batch:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toremi.io import atomic_path, read_json
+from toremi.io import atomic_path, read_json, sha256_json
 
 MAGIC = b"TOREMI\0\0"
 FORMAT_VERSION = 1
@@ -52,37 +52,73 @@ def open_shard(path: Path) -> np.memmap:
     return np.memmap(path, dtype=DTYPES[width], mode="r", offset=HEADER.size, shape=(count,))
 
 
-class TokenDataset:
-    """Sequences of one split of a prepared tokens dir (see docs/ARCHITECTURE.md)."""
+def resolve_packing(manifest: dict, split: str, packing: str | None, where: Path) -> str:
+    """The mode a split is read in: ``packing`` if given (refused, naming the fix, when the dir
+    lacks it), else what prepare wrote. Only the train split is ever packed."""
+    have = manifest.get("packing", "none") if split == "train" else "none"
+    if packing in (None, "auto"):
+        return have
+    if packing not in ("none", "docs"):
+        raise ValueError(f"packing={packing!r}: choose none, docs or auto")
+    if packing == "docs" and have != "docs":
+        raise ValueError(f"{where}: split {split!r} was prepared with packing=none, training asked for "
+                         f"packing=docs; re-run `toremi prepare ... packing=docs` or train with packing=none")
+    return packing  # packing=none on a packed dir reads the per-document index, which is always there
 
-    def __init__(self, tokens_dir: str | Path, split: str = "train"):
+
+class TokenDataset:
+    """Sequences of one split of a prepared tokens dir (see docs/ARCHITECTURE.md).
+
+    ``packing``: None/``auto`` = what prepare wrote; ``none`` = one document per window;
+    ``docs`` = packed windows with a segment map (toremi.data.packing).
+    """
+
+    def __init__(self, tokens_dir: str | Path, split: str = "train", packing: str | None = None):
         self.dir = Path(tokens_dir)
         manifest_path = self.dir / "manifest.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.dir}: no manifest.json; run `toremi prepare` first")
         self.manifest = read_json(manifest_path)
         self.split = split
+        self.packing = resolve_packing(self.manifest, split, packing, self.dir)
+        self.packed = self.packing == "docs"
         index_path = self.dir / f"index-{split}.npz"
         if not index_path.exists():
             raise FileNotFoundError(f"{index_path} missing: split {split!r} was not prepared")
-        with np.load(index_path) as z:
-            self.shard = z["shard"]
-            self.offset = z["offset"]
-            self.length = z["length"]
-            self.bytes = z["bytes"]  # UTF-8 bytes of each sequence's targets
-            self.doc = z["doc"]
-            self.domain = z["domain"]
-            self.topics = z["topics"]
+        if self.packed:
+            from toremi.data.packing import read_packed
+
+            self.pack = read_packed(self.dir / f"packed-{split}")
+            for key in ("shard", "offset", "length", "bytes", "domain", "topics"):
+                setattr(self, key, self.pack[key])
+            self.doc = None  # a packed window holds several documents: see self.pack["seg_doc"]
+        else:
+            with np.load(index_path) as z:
+                self.shard = z["shard"]
+                self.offset = z["offset"]
+                self.length = z["length"]
+                self.bytes = z["bytes"]  # UTF-8 bytes of each sequence's targets
+                self.doc = z["doc"]
+                self.domain = z["domain"]
+                self.topics = z["topics"]
         self.seq_len: int = self.manifest["seq_len"]
         self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
         self.eot_id: int = self.manifest["tokenizer"]["eot_id"]
         self.topic_names: list[str] = self.manifest["topic_names"]
         self.domain_names: list[str] = self.manifest["domain_names"]
         self.data_hash: str = self.manifest["data_hash"]
+        if self.packed:  # the per-document data and the packed index both identify the run's data
+            self.data_hash = sha256_json([self.data_hash, self.manifest["packed"]["data_hash"]])
         self._shards = [self.dir / s["path"] for s in self.manifest["shards"]]
 
     def __len__(self) -> int:
         return len(self.offset)
+
+    @cached_property
+    def fill(self) -> float:
+        """Real target tokens / target slots over this split's windows."""
+        real = int(self.pack["seg_len"].sum()) if self.packed else int(self.length.sum()) - len(self)
+        return real / max(1, len(self) * self.seq_len)
 
     @property
     def num_topics(self) -> int:
@@ -113,7 +149,9 @@ class TokenDataset:
             tokens[rows] = np.where(valid, mm[pos], self.eot_id)
         target_valid = steps[None, 1:] < lengths[:, None]
         labels = np.where(target_valid, tokens[:, 1:], -100)
+        out = self._segments(indices) if self.packed else {}
         return {
+            **out,
             "input_ids": torch.from_numpy(tokens[:, :-1]),
             "labels": torch.from_numpy(labels),
             "topic_ids": torch.from_numpy(self.topics[indices].astype(np.int64)),
@@ -121,3 +159,25 @@ class TokenDataset:
             "target_bytes": torch.from_numpy(self.bytes[indices].astype(np.int64)),
             "sample_index": torch.from_numpy(indices),
         }
+
+    def _segments(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """Segment map of packed windows ``indices``: ``seg_ids`` [B, T] (segment of each input
+        position's target, numbered over the batch; -1 = no target) and per segment ``seg_topics``
+        [S, M], ``seg_bytes`` [S], ``seg_domain`` [S]. Vectorised over the CSR offsets."""
+        p = self.pack
+        lo, hi = p["seg_ptr"][indices], p["seg_ptr"][indices + 1]
+        counts = hi - lo
+        first = np.cumsum(counts) - counts                      # batch-level id of each row's first segment
+        row = np.repeat(np.arange(len(indices)), counts)
+        seg = np.repeat(lo - first, counts) + np.arange(int(counts.sum()))  # rows of the segment arrays
+        start, length, doc = p["seg_start"][seg], p["seg_len"][seg], p["seg_doc"][seg]
+        marks = np.zeros((len(indices), self.seq_len), dtype=np.int64)
+        marks[row, start] = 1                                   # a new segment starts here
+        marks[:, 0] = 0
+        ids = np.cumsum(marks, axis=1) + first[:, None]
+        real = np.bincount(row, weights=length, minlength=len(indices)).astype(np.int64)
+        ids[np.arange(self.seq_len)[None, :] >= real[:, None]] = -1
+        return {"seg_ids": torch.from_numpy(ids),
+                "seg_topics": torch.from_numpy(p["doc_topics"][doc].astype(np.int64)),
+                "seg_bytes": torch.from_numpy(p["seg_bytes"][seg].astype(np.int64)),
+                "seg_domain": torch.from_numpy(p["doc_domain"][doc].astype(np.int64))}

@@ -16,6 +16,9 @@ class ModelConfig:
     block_size: Optional[int] = None   # context; default: the tokens dir's seq_len
     dropout: float = 0.0
     pad_vocab_to: int = 64
+    # packed windows: causal = attend across the documents of a window; doc = only within one
+    # document (FlexAttention block mask on CUDA, masked SDPA on CPU). Unpacked windows: no effect.
+    attention: Literal["causal", "doc"] = "causal"
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -65,6 +68,11 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     wandb: Optional[str] = None        # wandb project name
+    # auto: what `toremi prepare` wrote (packing=docs -> packed windows); none | docs: insist
+    packing: Literal["auto", "none", "docs"] = "auto"
+    # packed windows: a topic's statistic is the mean loss of each document piece counted once
+    # (segment), or Σ loss / Σ tokens over the topic's tokens (token); see toremi.train.segments
+    stat_per: Literal["segment", "token"] = "segment"
 
     def __post_init__(self):
         if self.batch_size < 1 or self.accum < 1:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from toremi.io import append_jsonl
 from toremi.methods import MethodConfig, build_method, rules
 from toremi.model import per_sample_loss
+from toremi.train import segments
 
 
 class TopicReweighter:
@@ -36,6 +37,7 @@ class TopicReweighter:
     def __init__(self, num_topics: int, method: str = "toremi", total_steps: int = 1,
                  topic_counts: torch.Tensor | None = None, device: str | torch.device = "cpu",
                  log_path: str | Path | None = None, **options):
+        self.stat_per = options.pop("stat_per", "segment")  # packed batches (toremi.train.segments)
         self.cfg = MethodConfig(name=method, **options)
         self.method = build_method(self.cfg, num_topics, total_steps, topic_counts)
         self.K, self.device, self.steps = num_topics, torch.device(device), 0
@@ -67,12 +69,17 @@ class TopicReweighter:
         return rules.sample_weights(self.w, topic_ids, self.cfg.unlabelled_weight)
 
     def weighted_loss(self, logits_or_losses: torch.Tensor, topic_ids: torch.Tensor,
-                      labels: torch.Tensor | None = None, shift: bool = False) -> torch.Tensor:
+                      labels: torch.Tensor | None = None, shift: bool = False,
+                      seg_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Σ s_i l_i / Σ s_i (or / B with ``loss_norm="mean"``) and record per-topic statistics.
 
         Give either per-sample losses [B] or logits [B, T, V] with ``labels`` [B, T] (-100 =
         ignore); ``shift=True`` for HF-style labels (equal to the inputs, shifted inside).
+        Packed batches: a segment map ``seg_ids`` or per-token ``topic_ids`` [B, T, M]
+        (see ``packed_loss``).
         """
+        if seg_ids is not None or topic_ids.dim() == 3:
+            return self.packed_loss(logits_or_losses, topic_ids, labels, shift, seg_ids)
         if labels is None:
             l = logits_or_losses
             ok = torch.ones_like(l, dtype=torch.bool)
@@ -86,6 +93,44 @@ class TopicReweighter:
         rules.accumulate_topic_stats(self.loss_sum, self.count, l, topic_ids, ok & torch.isfinite(l))
         norm = s.sum().clamp(min=1e-12) if self.cfg.loss_norm == "weighted_mean" else len(l)
         return (s * l).sum() / norm
+
+    # ---- packed batches (issue 10): kept apart from the per-sample path above ---------------
+    def packed_loss(self, logits: torch.Tensor, topic_ids: torch.Tensor, labels: torch.Tensor,
+                    shift: bool = False, seg_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token weighted loss Σ_t s_t ce_t / Σ_t s_t of packed windows; statistics per segment.
+
+        - segment map: ``seg_ids`` [B, T] aligned with ``labels`` (the document piece each label
+          token belongs to, -1 = none) with ``topic_ids`` [B, S, M] (per row: segment j's topics;
+          ids are row-local) or [S, M] (ids numbered over the batch, as toremi's loader gives);
+        - per-token topics: ``topic_ids`` [B, T, M] and no ``seg_ids``; every token is its own
+          piece, so the statistics are token-weighted.
+        """
+        if shift:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+            seg_ids = None if seg_ids is None else seg_ids[:, 1:]
+            topic_ids = topic_ids[:, 1:] if seg_ids is None else topic_ids
+        b, t = labels.shape
+        if seg_ids is None:  # per-token topics
+            seg_ids = torch.arange(b * t, device=labels.device).view(b, t)
+            seg_topics = topic_ids.reshape(b * t, -1)
+        elif topic_ids.dim() == 3:  # row-local segment ids
+            seg_ids = torch.where(seg_ids >= 0, seg_ids + topic_ids.shape[1] *
+                                  torch.arange(b, device=seg_ids.device)[:, None], -1)
+            seg_topics = topic_ids.reshape(-1, topic_ids.shape[-1])
+        else:
+            seg_topics = topic_ids
+        seg_ids = torch.where(labels != -100, seg_ids, -1)
+        s = self._token_weights(seg_topics, seg_ids)
+        ce = segments.token_ce(logits, labels)
+        seg_loss, seg_n = segments.segment_stats(ce, seg_ids, seg_topics.shape[0])
+        segments.accumulate(self.loss_sum, self.count, seg_loss, seg_n, seg_topics, None,
+                            self.cfg.stat_unit, self.stat_per)
+        norm = s.sum() if self.cfg.loss_norm == "weighted_mean" else (seg_ids >= 0).sum()
+        return (s * ce).sum() / norm.clamp(min=1e-12)
+
+    def _token_weights(self, seg_topics: torch.Tensor, seg_ids: torch.Tensor) -> torch.Tensor:
+        self.sample_weights(seg_topics)  # moves the state to the batch's device
+        return segments.token_weights(self.w, seg_topics, seg_ids, self.cfg.unlabelled_weight)
 
     def step(self) -> dict | None:
         """Call once per optimizer step; every ``interval`` steps updates and returns the record."""
@@ -159,11 +204,13 @@ def ReweightingTrainer(*args, reweighter: TopicReweighter, **kwargs):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             topic_ids, labels = inputs.pop("topic_ids"), inputs.pop("labels")
+            seg_ids = inputs.pop("seg_ids", None)  # packed rows: segment map (see packed_loss)
             outputs = model(**inputs)
             if not model.training:
                 loss = reweighter_unweighted(outputs.logits, labels)
             else:
-                loss = reweighter.weighted_loss(outputs.logits, topic_ids, labels=labels, shift=True)
+                loss = reweighter.weighted_loss(outputs.logits, topic_ids, labels=labels, shift=True,
+                                                seg_ids=seg_ids)
             return (loss, outputs) if return_outputs else loss
 
     callbacks = list(kwargs.pop("callbacks", None) or []) + [TopicReweightCallback(reweighter)]

@@ -10,6 +10,11 @@ Per step, with no host sync:
   per-topic loss sums/counts accumulate on device with ``index_add_``;
   a non-finite gradient norm skips the update on device (fused AdamW's ``found_inf``) and is
   counted, also on device.
+
+Packed batches (``Batch.seg_ids`` set, toremi.train.segments): each target token carries its
+document's s and loss = Σ_t s_t ce_t / Σ_t s_t over the global batch (``loss_norm=mean``: / the
+number of target tokens); topic statistics are per segment (``stat_per``). ``attention=doc`` passes
+the segment ids to the model, which then masks attention across documents.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from toremi.data.loader import Batch
 from toremi.methods import MethodConfig, rules
 from toremi.model import GPT, per_sample_loss
+from toremi.train import segments
 from toremi.train.distributed import Dist, all_reduce_sum
 
 
@@ -30,7 +36,8 @@ class StepEngine:
     ACCUMULATORS = ("stat_loss", "stat_count", "log_tloss", "log_tcount", "log_sums")
 
     def __init__(self, model: GPT, opt: torch.optim.Optimizer, sched, method_cfg: MethodConfig,
-                 grad_clip: float, num_topics: int, d: Dist, compile: bool = False, bf16: bool = True):
+                 grad_clip: float, num_topics: int, d: Dist, compile: bool = False, bf16: bool = True,
+                 attention: str = "causal", stat_per: str = "segment"):
         self.model, self.opt, self.sched, self.mcfg, self.grad_clip = model, opt, sched, method_cfg, grad_clip
         self.K, self.d, self.dev = num_topics, d, d.device
         self.fused = bool(opt.defaults.get("fused"))
@@ -44,6 +51,10 @@ class StepEngine:
         self.ddp = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None) \
             if d.enabled else model
         self.fwd = torch.compile(self._fwd) if compile else self._fwd
+        if attention not in ("causal", "doc") or stat_per not in ("segment", "token"):
+            raise ValueError(f"attention={attention!r} (causal|doc), stat_per={stat_per!r} (segment|token)")
+        self.attention, self.stat_per = attention, stat_per
+        self.fwd_packed = torch.compile(self._fwd_packed) if compile else self._fwd_packed
         self.set_weights(torch.ones(self.K, dtype=torch.float64))
 
     def _fwd(self, input_ids, labels, s, inv_norm):
@@ -52,6 +63,13 @@ class StepEngine:
             logits = self.ddp(input_ids)
         l, n = per_sample_loss(logits, labels)
         return (s * l).sum() * inv_norm, l, n
+
+    def _fwd_packed(self, input_ids, labels, s_tok, inv_norm, doc_ids):
+        """Packed: forward (document-masked when ``doc_ids`` is given) + per-token weighted loss."""
+        with self.amp:
+            logits = self.ddp(input_ids) if doc_ids is None else self.ddp(input_ids, doc_ids)
+        ce = segments.token_ce(logits, labels)
+        return (s_tok * ce).sum() * inv_norm, ce
 
     def statistic(self, l: torch.Tensor, n: torch.Tensor, batches: list[Batch]) -> torch.Tensor:
         """Per-sample loss the method sees: per target token, or per target byte (stat_unit)."""
@@ -67,6 +85,8 @@ class StepEngine:
 
     def train_step(self, batches: list[Batch]) -> None:
         """One optimizer step over micro-batches already on the device."""
+        if batches[0].seg_ids is not None:
+            return self._train_step_packed(batches)
         unl, world = self.mcfg.unlabelled_weight, self.d.world_size
         s_all = [rules.sample_weights(self.w_dev, b.topic_ids, unl) * (b.labels != -100).any(1)
                  for b in batches]
@@ -83,6 +103,19 @@ class StepEngine:
             ls.append(l.detach())
             ns.append(n)
             wloss += loss.detach().double() / world
+        ok = self._optimizer_step()
+        l, n = torch.cat(ls), torch.cat(ns)
+        tids = torch.cat([b.topic_ids for b in batches])
+        valid = (n > 0) & torch.isfinite(l) & ok
+        l_stat = self.statistic(l, n, batches)
+        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l_stat, tids, valid)
+        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l_stat, tids, valid)
+        nv = n.double() * valid
+        self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
+        self.log_sums[1] += nv.sum()
+        self._log_step(ok, wloss)
+
+    def _optimizer_step(self) -> torch.Tensor:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
         ok = torch.isfinite(gnorm)
         if self.fused:
@@ -93,18 +126,41 @@ class StepEngine:
         self.opt.zero_grad(set_to_none=True)
         if self.sched is not None:
             self.sched.step()
-        l, n = torch.cat(ls), torch.cat(ns)
-        tids = torch.cat([b.topic_ids for b in batches])
-        valid = (n > 0) & torch.isfinite(l) & ok
-        l_stat = self.statistic(l, n, batches)
-        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l_stat, tids, valid)
-        rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l_stat, tids, valid)
-        nv = n.double() * valid
-        self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
-        self.log_sums[1] += nv.sum()
+        return ok
+
+    def _log_step(self, ok: torch.Tensor, wloss: torch.Tensor) -> None:
         self.log_sums[2] += torch.where(ok, wloss, 0)  # skipped steps stay out of the logged means
         self.log_sums[3] += ok.double()
         bad = (~ok).double()
         self.bad[0] += bad
         self.bad[1] = (self.bad[1] + 1) * bad
         self.bad[2] = torch.maximum(self.bad[2], self.bad[1])
+
+    def _train_step_packed(self, batches: list[Batch]) -> None:
+        """Packed windows: per-token weights, per-segment statistics (toremi.train.segments)."""
+        unl, world = self.mcfg.unlabelled_weight, self.d.world_size
+        s_all = [segments.token_weights(self.w_dev, b.seg_topics, b.seg_ids, unl) for b in batches]
+        if self.mcfg.loss_norm == "mean":
+            norm = torch.stack([(b.seg_ids >= 0).sum() for b in batches]).sum().double()
+        else:
+            norm = torch.stack([s.sum() for s in s_all]).sum()
+        inv_norm = world / all_reduce_sum(norm, self.d).clamp(min=1e-12)
+        stats, wloss = [], torch.zeros((), dtype=torch.float64, device=self.dev)
+        for i, (b, s) in enumerate(zip(batches, s_all)):
+            sync = self.ddp.no_sync() if self.d.enabled and i < len(batches) - 1 else nullcontext()
+            with sync:
+                loss, ce = self.fwd_packed(b.input_ids, b.labels, s, inv_norm.float(),
+                                           b.seg_ids if self.attention == "doc" else None)
+                loss.backward()
+            stats.append(segments.segment_stats(ce, b.seg_ids, b.seg_topics.shape[0]))
+            wloss += loss.detach().double() / world
+        ok = self._optimizer_step()
+        seg_loss, seg_n = (torch.cat(x) for x in zip(*stats))
+        topics = torch.cat([b.seg_topics for b in batches])
+        nbytes = None if any(b.seg_bytes is None for b in batches) else torch.cat([b.seg_bytes for b in batches])
+        for acc in ((self.stat_loss, self.stat_count), (self.log_tloss, self.log_tcount)):
+            segments.accumulate(*acc, seg_loss, seg_n, topics, nbytes, self.mcfg.stat_unit, self.stat_per, ok)
+        valid = torch.isfinite(seg_loss) & ok
+        self.log_sums[0] += torch.where(valid, seg_loss, 0).sum()
+        self.log_sums[1] += torch.where(valid, seg_n, 0).sum()
+        self._log_step(ok, wloss)

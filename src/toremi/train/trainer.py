@@ -50,7 +50,7 @@ class Trainer(StepEngine):
         if cfg.tokens_dir is None or cfg.out is None:
             raise ValueError("set tokens_dir (--tokens) and out (--out)")
         self.run_dir = Path(cfg.out)
-        self.ds = TokenDataset(cfg.tokens_dir)
+        self.ds = TokenDataset(cfg.tokens_dir, packing=cfg.packing)
         self.val = TokenDataset(cfg.tokens_dir, "val") if (Path(cfg.tokens_dir) / "index-val.npz").exists() else None
         self.K = self.ds.num_topics
         labelled = self.ds.topics[self.ds.topics >= 0]
@@ -73,7 +73,8 @@ class Trainer(StepEngine):
         self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
         StepEngine.__init__(self, self.model, self.opt, self.sched, cfg.method, cfg.optim.grad_clip,
-                            self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"))
+                            self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"),
+                            attention=cfg.model.attention, stat_per=cfg.stat_per)
         self.resumed_from = self._maybe_resume()
         self._set_weights()
 
