@@ -204,9 +204,9 @@ def headline(pair: dict | None, reg: dict) -> str:
     size, params, toks = reg.get("model"), reg.get("params"), reg.get("tokens_per_run")
     val, uni = reg["baseline_val_loss"].get("mean"), (reg.get("unigram") or {}).get("val_ce")
     where = f"{size} model" + (f" ({params / 1e6:.2f}M parameters)" if params else "") + \
-        (f", {toks / 1e6:.2f}M tokens per run" if toks else "")
+        (f", {toks / 1e6:.2f}M tokens per run" if toks and toks >= 1e5 else f", {toks} tokens per run" if toks else "")
     if val is not None and uni is not None:
         where += f"; baseline validation loss {val:.2f} vs unigram cross-entropy {uni:.2f} nats/token " \
-                 f"({uni - val:.2f} nats below)"
+                 f"({abs(uni - val):.2f} nats {'below' if val < uni else 'ABOVE'})"
     lines.append(f"Regime: {where}. Small-scale evidence: not evidence about large-scale pre-training.")
     return "\n\n".join(lines)
