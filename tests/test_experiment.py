@@ -84,7 +84,9 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     assert s["uniform"]["steps_to_baseline"]["reached"] == 2
     w = read_jsonl(exp / "runs" / "toremi-authors-s2" / "weights.jsonl")
     assert [r["step"] for r in w] == [2, 4, 6] and w[-1]["stage"] == 2
-    assert (exp / "results.md").read_text().count("| toremi-authors |") == 3
+    md = (exp / "results.md").read_text()  # 3 paired tables (macro, Δ NLL, Δ bpb) lead, then 3 more
+    assert md.count("| toremi-authors |") == 6 and md.index("Paired Δ") < md.index("Per-domain perplexity")
+    assert res["paired"]["methods"]["toremi-authors"]["macro_nll"]["n"] == 2
     assert (exp / "report" / "report.html").exists()
     out = capsys.readouterr().out
     assert "| uniform | 2 |" in out
@@ -92,7 +94,7 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
 
     assert report_main(["--experiment", str(exp), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert page.count("<img") == 4 and "toremi-authors-s2" in page  # no noise panel: clean data
+    assert page.count("<img") == 5 and "toremi-authors-s2" in page  # forest + 4; no noise panel
     # Third pass: everything finished -> nothing retrained or re-evaluated.
     mtimes = {p: p.stat().st_mtime for p in exp.glob("runs/*/eval.json")}
     assert experiment_main(["--config", str(path)]) == 0

@@ -154,7 +154,7 @@ def test_sampling_methods_expose_probs_and_unit_weights():
     ts = build_method(MethodConfig(name="toremi-sampling", interval=1), 3, 10, counts)
     ts.update(1, t(3, 1, 0), t(1, 1, 0))   # additive α=1: w = [2, 1, 1]; topic 2 has no data
     assert ts.topic_weights.tolist() == [1, 1, 1]
-    assert ts.sampling_probs.tolist() == pytest.approx([2 / 3, 1 / 3, 0])
+    assert ts.sampling_probs.tolist() == pytest.approx([0.4, 0.6, 0])  # p ∝ n_k w_k = [20, 30, 0]
     st = build_method(MethodConfig(name="stratified", tau=1.0), 3, 10, counts)
     assert st.sampling_probs.tolist() == pytest.approx([0.25, 0.75, 0])
     odm = build_method(MethodConfig(name="odm"), 3, 10, counts)

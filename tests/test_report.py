@@ -152,7 +152,8 @@ def test_report_renders_in_chromium(runs, tmp_path):
     assert report_main(["--runs", *map(str, dirs), "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["domains.png", "loss.png", "noise.png", "topic_loss.png", "weights.png"]
+    assert pngs == ["domains.png", "forest.png", "loss.png", "noise.png", "topic_loss.png", "weights.png"]
+    assert page.index("forest.png") < page.index("Per-domain perplexity")  # the page leads with it
     assert page.count("<img") == len(pngs) and "src='data:image/png;base64," in page
     assert "Technology" in page and "toremi-paper" in page and "±" in page
     md = (out / "report.md").read_text()

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from toremi import stats
 from toremi.config import ConfigError, from_dict, load_config, to_dict
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 
@@ -32,6 +33,8 @@ BUDGET_KEYS = ("steps", "tokens", "batch_size", "accum", "tokens_dir", "out", "s
 class MethodSpec:
     name: str  # label used in tables, e.g. toremi-authors
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides ("method.preset": ...)
+    # A/A control: same initialisation as the seed, data order from seed + this offset (0 = same).
+    data_seed_offset: int = 0
 
 
 @dataclass
@@ -149,6 +152,8 @@ def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: P
 
     data = nest({**flat(cfg.train), **flat(method.train)})
     data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
+    if method.data_seed_offset:
+        data["data_seed"] = seed + method.data_seed_offset
     return from_dict(TrainConfig, data)
 
 
@@ -190,13 +195,16 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         entries.append({"label": m.name, "seed": s, "dir": str(run_dir)})
     runs = [load_run(Path(e["dir"]), e["label"]) for e in entries]
     summary = summarize(runs, cfg.baseline)
+    pair = stats.paired(runs, cfg.baseline) if cfg.evaluate else None
+    regime = stats.regime(runs, cfg.baseline, tokens)
     result = {"name": cfg.name, "tokens": str(tokens), "corpus": str(corpus) if corpus else None,
-              "noise_topic": cfg.noise_topic, "runs": entries, "summary": summary,
-              "config": to_dict(cfg)}
+              "noise_topic": cfg.noise_topic, "runs": entries, "headline": stats.headline(pair, regime),
+              "regime": regime, "paired": pair, "summary": summary, "config": to_dict(cfg)}
     atomic_write_json(out / "results.json", result)
     table = markdown(summary)
-    atomic_write_text(out / "results.md", f"# {cfg.name}\n\n{table}")
-    print(table)
+    head = f"{result['headline']}\n\n" + (stats.paired_markdown(pair) if pair else "")
+    atomic_write_text(out / "results.md", f"# {cfg.name}\n\n{head}\n{table}")
+    print(f"{head}\n{table}")
     if cfg.report:
         path = report([Path(e["dir"]) for e in entries], out / "report", f"toremi experiment {cfg.name}",
                       {e["dir"]: e["label"] for e in entries}, cfg.noise_topic, cfg.baseline)
@@ -213,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     try:
         run_experiment(cfg)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, stats.EvidenceError) as exc:
         print(f"toremi experiment: {exc}")
         return 2
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from toremi import stats
 from toremi.io import atomic_write_text, read_json, read_jsonl
 
 
@@ -206,13 +207,45 @@ def _topic_grid(runs, key, ylabel, title, path, noisy=None):
     plt.close(fig)
 
 
-def figures(runs: list[dict], summary: dict, out: Path, noisy: str | None) -> list[tuple[str, str]]:
+def forest(pair: dict, path: Path) -> None:
+    """Paired Δ NLL per domain and macro (mean ± 95% CI, one row per domain, one marker per
+    method), zero marked: the figure the report leads with."""
+    import matplotlib.pyplot as plt
+
+    ms, rows = list(pair["methods"]), ["macro"] + pair["domains"]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) * max(1, len(ms)) ** 0.5 + 1.6))
+    off = np.linspace(-0.3, 0.3, len(ms)) if len(ms) > 1 else [0.0]
+    for i, m in enumerate(ms):
+        st = [pair["methods"][m]["macro_nll"]] + [pair["methods"][m]["nll"][d] for d in pair["domains"]]
+        y = np.arange(len(rows)) + off[i]
+        x = [s["mean"] if s["mean"] is not None else np.nan for s in st]
+        err = [s["ci"] if s["ci"] is not None else 0.0 for s in st]
+        ax.errorbar(x, y, xerr=err, fmt="o", ms=4, capsize=2, color=f"C{i}", label=m)
+    ax.axvline(0, color="k", lw=1)
+    ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+    ax.set_yticks(np.arange(len(rows)), rows)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ held-out NLL vs {pair['baseline']} (nats/token), paired by seed; < 0 = better")
+    n = max((len(v["seeds"]) for v in pair["methods"].values()), default=0)
+    ax.set_title(f"Paired differences, mean ± 95% CI over {n} seed(s)" + (" (1 seed: no CI)" if n < 2 else ""))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def figures(runs: list[dict], summary: dict, out: Path, noisy: str | None,
+            pair: dict | None = None, unigram: float | None = None) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made = []
+    if pair and pair["methods"]:
+        forest(pair, out / "forest.png")
+        made.append(("forest.png", "Paired Δ NLL per domain and macro against the baseline of the same "
+                                   "seed (mean ± 95% CI; zero = no effect)."))
     first = _first_per_label(runs)
     moving = [r for r in first if r["weights"][0].get("probs") or len(
         {tuple(w["weights"]) for w in r["weights"]} | {(1.0,) * len(r["weights"][0]["weights"])}) > 1]
@@ -237,6 +270,8 @@ def figures(runs: list[dict], summary: dict, out: Path, noisy: str | None) -> li
                 axes[0].plot(*zip(*tr), color=colors[r["label"]], lw=1, alpha=0.8, label=lab)
             if va:
                 axes[1].plot(*zip(*va), color=colors[r["label"]], lw=1, marker=".", label=lab)
+        if unigram is not None:
+            axes[1].axhline(unigram, color="k", ls="--", lw=1, label=f"unigram CE {unigram:.2f}")
         for ax, t in zip(axes, ("training loss", "validation loss")):
             ax.set_title(t)
             ax.set_xlabel("step")
@@ -244,7 +279,8 @@ def figures(runs: list[dict], summary: dict, out: Path, noisy: str | None) -> li
         fig.tight_layout()
         fig.savefig(out / "loss.png", dpi=90)
         plt.close(fig)
-        made.append(("loss.png", "Training and validation loss of every run."))
+        made.append(("loss.png", "Training and validation loss of every run; dashed: cross-entropy "
+                                 "of the validation tokens under a unigram model of the training tokens."))
     if summary["domains"]:
         ms, doms = list(summary["methods"]), summary["domains"] + ["macro"]
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(doms) * max(1, len(ms)) / 2), 4))
@@ -311,9 +347,9 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def render(runs: list[dict], summary: dict, figs: list[tuple[str, str]], out: Path,
-           title: str, noisy: str | None) -> str:
+           title: str, noisy: str | None, lead: str = "") -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>", lead,
              f"<p>{len(runs)} runs, {len(summary['methods'])} methods. Numbers are means over seeds "
              f"± the 95% t-interval half-width. Perplexity = exp(token-weighted mean NLL) on the "
              f"held-out split of each domain." + (f" Noisy topic: <b>{html.escape(noisy)}</b>."
@@ -323,8 +359,12 @@ def render(runs: list[dict], summary: dict, figs: list[tuple[str, str]], out: Pa
     parts.append("<h2>Figures</h2>")
     for name, caption in figs:
         data = base64.b64encode((out / name).read_bytes()).decode()
-        parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)} ({name})</figcaption></figure>")
+        fig = (f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+               f"<figcaption>{html.escape(caption)} ({name})</figcaption></figure>")
+        if name == "forest.png":  # the report leads with it, right under the headline
+            parts[1] = parts[1].replace("<!--forest-->", fig)
+        else:
+            parts.append(fig)
     parts.append("<h2>Runs</h2>")
     rows = [[r["name"], r["label"], str(r["seed"]), str(r["info"].get("status", "?")),
              str(r["info"].get("steps_done", "")), str(r["info"].get("model", {}).get("size", "")),
@@ -351,10 +391,39 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
     noisy = noisy or next((r["noise"]["topic"] for r in runs if r["noise"]), None)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, baseline)
-    figs = figures(runs, summary, out, noisy)
-    atomic_write_text(out / "report.md", f"# {title}\n\n" + markdown(summary))
-    atomic_write_text(out / "report.html", render(runs, summary, figs, out, title, noisy))
+    pair, lead_md = None, ""
+    if any(r["label"] == baseline and r["eval"] for r in runs):  # else: no paired section
+        pair = stats.paired(runs, baseline)
+    tokens = next((r["info"].get("tokens_dir") for r in runs if r["info"].get("tokens_dir")), None)
+    reg = stats.regime(runs, baseline, tokens)
+    lead_md = stats.headline(pair, reg) + "\n\n" + (stats.paired_markdown(pair) if pair else "")
+    figs = figures(runs, summary, out, noisy, pair, (reg.get("unigram") or {}).get("val_ce"))
+    atomic_write_text(out / "report.md", f"# {title}\n\n{lead_md}\n" + markdown(summary))
+    head_md, _, tables_md = lead_md.partition("### ")
+    lead = lead_html(head_md) + "<!--forest-->" + lead_html("### " + tables_md if tables_md else "")
+    atomic_write_text(out / "report.html", render(runs, summary, figs, out, title, noisy, lead))
     return out / "report.html"
+
+
+def lead_html(md: str) -> str:
+    """The headline and paired tables (Markdown from stats) as HTML paragraphs and tables."""
+    parts, rows = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            parts.append(html_table(rows[0], rows[1:]))
+            rows = []
+        if line.startswith("### "):
+            parts.append(f"<h2>{html.escape(line[4:])}</h2>")
+        elif line.strip():
+            text = html.escape(line)
+            while text.count("**") >= 2:
+                text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+            parts.append(f"<p>{text}</p>")
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = [Path(d) for d in args.runs]
     try:
         path = report(dirs, Path(args.out), title, labels, noisy, args.baseline)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, stats.EvidenceError) as exc:
         print(f"toremi report: {exc}")
         return 2
     print(f"report: {path}")

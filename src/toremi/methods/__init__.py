@@ -7,12 +7,13 @@ from torch import Tensor
 
 from toremi.methods.base import METHODS, PRESETS, Method, MethodConfig
 from toremi.methods.odm import ODM
+from toremi.methods.oracle import Oracle
 from toremi.methods.stratified import Stratified
 from toremi.methods.toremi import ToReMi
 from toremi.methods.uniform import Uniform
 
 _CLASSES = {"uniform": Uniform, "stratified": Stratified, "odm": ODM, "toremi": ToReMi,
-            "toremi-sampling": ToReMi}
+            "toremi-sampling": ToReMi, "oracle": Oracle}
 
 
 def build_method(cfg: MethodConfig | str, num_topics: int, total_steps: int = 1,

@@ -17,20 +17,20 @@ from torch import Tensor
 
 from toremi.methods import rules
 
-METHODS = ("uniform", "stratified", "odm", "toremi", "toremi-sampling")
+METHODS = ("uniform", "stratified", "odm", "toremi", "toremi-sampling", "oracle")
 
 # Values a preset gives to the options left unset (None). Anything set explicitly wins.
 PRESETS = {
     # The paper's additive rule; Stage 2 is its mirror (the paper's own Stage-2 formula is not
     # available); switch after 7/8 of training, like the authors' 7,000 of 8,000 steps.
     "paper": dict(rule="additive", interval=100, alpha=1.0, beta=5.0, gamma=0.1, switch="fraction",
-                  switch_fraction=0.875, loss_norm="weighted_mean"),
+                  switch_fraction=0.875, loss_norm="weighted_mean", min_stage2_updates=10),
     # The authors' code: relative multiplicative rule, clamps [0.1, 5.0], N=100, switch at step
     # 7,000, loss = mean_i(s_i l_i) (not divided by Σ s_i). Their defects (absent topic -> loss 0,
     # unlabelled weight 0, no cross-rank sync, weights lost on resume) are NOT reproduced; the
     # first two are available as options (absent=zero, unlabelled_weight=0).
     "authors": dict(rule="multiplicative", interval=100, beta=5.0, gamma=0.1, switch="step",
-                    switch_step=7000, loss_norm="mean"),
+                    switch_step=7000, loss_norm="mean", min_stage2_updates=10),
 }
 DEFAULT_INTERVAL = {"uniform": 100, "stratified": 100, "odm": 1}
 
@@ -46,7 +46,7 @@ class MethodConfig:
     a learning-rate change.
     """
 
-    name: Literal["uniform", "stratified", "odm", "toremi", "toremi-sampling"] = "uniform"
+    name: Literal["uniform", "stratified", "odm", "toremi", "toremi-sampling", "oracle"] = "uniform"
     preset: Optional[Literal["paper", "authors"]] = None  # toremi*: defaults to "paper"
     interval: Optional[int] = None        # optimizer steps between updates (stats all-reduce)
     rule: Optional[Literal["additive", "multiplicative"]] = None
@@ -58,6 +58,10 @@ class MethodConfig:
     switch_step: Optional[int] = None
     switch_fraction: Optional[float] = None
     plateau_delta: float = 0.01           # switch when val loss improves by < delta (relative)
+    # A "step"/"fraction" switch is moved earlier if needed so that Stage 2 gets at least this many
+    # updates (at most half of all updates). The authors' Stage 2 is 10 updates long (steps
+    # 7,000-8,000 at N=100); a short run with the 7/8 switch would get 1-2, too few to act.
+    min_stage2_updates: Optional[int] = None
     absent: Literal["keep", "zero"] = "keep"  # topic absent from an interval: keep its weight
     unlabelled_weight: float = 1.0        # weight of samples with no topic (authors: 0)
     loss_norm: Optional[Literal["weighted_mean", "mean"]] = None
@@ -67,6 +71,8 @@ class MethodConfig:
     stat_unit: Literal["token", "byte"] = "token"
     tau: float = math.inf                 # stratified: p ∝ n^(1/tau); inf = uniform over topics
     odm_smoothing: float = 0.9            # ODM reward moving-average factor
+    oracle_topic: int = 0                 # oracle (positive control): topic index to up-weight
+    oracle_factor: float = 3.0            # oracle: that topic's loss weight
 
     def __post_init__(self):
         if self.name not in METHODS:
@@ -80,7 +86,7 @@ class MethodConfig:
             raise ValueError(f"method.preset={self.preset!r} only applies to toremi methods")
         fill = dict(interval=DEFAULT_INTERVAL.get(self.name, 100), rule="additive", alpha=1.0,
                     beta=5.0, gamma=0.1, switch="never", switch_step=0, switch_fraction=1.0,
-                    loss_norm="weighted_mean")
+                    loss_norm="weighted_mean", min_stage2_updates=0)
         for key, value in fill.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -88,6 +94,8 @@ class MethodConfig:
             raise ValueError(f"method.interval must be >= 1, got {self.interval}")
         if not 0 < self.gamma <= 1 <= self.beta:
             raise ValueError(f"need 0 < gamma <= 1 <= beta, got gamma={self.gamma} beta={self.beta}")
+        if self.min_stage2_updates < 0 or self.oracle_factor <= 0:
+            raise ValueError("method.min_stage2_updates must be >= 0 and method.oracle_factor > 0")
         if self.unlabelled_weight < 0:
             raise ValueError("method.unlabelled_weight must be >= 0")
 

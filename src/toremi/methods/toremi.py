@@ -3,8 +3,10 @@
 Stage 1 emphasises topics whose loss is above the mean; Stage 2 treats topics still above the mean
 as noisy and de-emphasises them while emphasising the rest. Which rule (paper: additive; authors:
 multiplicative relative), clamps, interval and stage switch are options (see MethodConfig).
-``toremi-sampling`` uses the same weights, normalised, as topic sampling probabilities instead of
-loss multipliers.
+``toremi-sampling`` uses the same weights as multipliers of the natural topic shares instead of
+loss multipliers: p_k ∝ n_k w_k, so w = 1 (e.g. α = 0) samples the natural distribution, as uniform
+does. A step/fraction switch is moved earlier when needed so that Stage 2 gets
+``min_stage2_updates`` updates (``stage2_start``).
 """
 
 from __future__ import annotations
@@ -29,15 +31,31 @@ class ToReMi(Method):
         return torch.ones_like(self.weights) if self.uses_sampling else self.weights
 
     def _probs(self):
-        p = torch.where(self.present, self.weights, torch.zeros_like(self.weights))
+        p = torch.where(self.present, self.topic_counts * self.weights, torch.zeros_like(self.weights))
         return p / p.sum()
 
-    def _maybe_switch(self, step: int) -> None:
+    def stage2_start(self) -> int | None:
+        """First step whose update runs in Stage 2 (None: no step/fraction switch).
+
+        The configured switch, moved earlier if needed so that the last ``min(min_stage2_updates,
+        U // 2)`` of the U = total_steps // interval updates are in Stage 2.
+        """
         c = self.cfg
-        if self.stage == 2:
-            return
-        if (c.switch == "step" and step >= c.switch_step) or (
-                c.switch == "fraction" and step >= round(c.switch_fraction * self.total_steps)):
+        if c.switch == "step":
+            start = c.switch_step
+        elif c.switch == "fraction":
+            start = round(c.switch_fraction * self.total_steps)
+        else:
+            return None
+        updates = self.total_steps // c.interval
+        need = min(c.min_stage2_updates, updates // 2)
+        if need > 0:
+            start = min(start, (updates - need + 1) * c.interval)
+        return start
+
+    def _maybe_switch(self, step: int) -> None:
+        start = self.stage2_start()
+        if self.stage == 1 and start is not None and step >= start:
             self.stage, self.switched_at = 2, step
 
     def _update(self, step, loss_sum, count):

@@ -59,6 +59,7 @@ class TrainConfig:
     ckpt_every: int = 0                # 0 = only at the end / on a signal / on a stop
     keep_checkpoints: int = 2
     seed: int = 0
+    data_seed: Optional[int] = None    # data order / topic sampling seed; default ``seed`` (A/A control)
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"   # auto: bf16 autocast on CUDA
     compile: Optional[bool] = None     # torch.compile the whole step; default: on CUDA only

@@ -68,7 +68,8 @@ class Trainer(StepEngine):
         self.opt = self.model.configure_optimizer(o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
         self.method = build_method(cfg.method, self.K, self.total, self.topic_counts)
-        self.loader = BatchLoader(self.ds, cfg.batch_size, seed=cfg.seed, rank=d.rank, world_size=d.world_size)
+        data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+        self.loader = BatchLoader(self.ds, cfg.batch_size, seed=data_seed, rank=d.rank, world_size=d.world_size)
         self.step, self.stop_reason = 0, None
         self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
