@@ -7,7 +7,8 @@ Per step, with no host sync:
   all-reduced over ranks before the forward passes (one scalar all-reduce, no host read).
   ``loss_norm=mean`` (authors) divides by the number of samples instead, which scales the
   effective learning rate by mean(s);
-  per-topic loss sums/counts accumulate on device with ``index_add_``;
+  per-topic loss sums/counts accumulate on device with ``index_add_`` (in the ``Reweighter``, which
+  owns weights and statistics; the engine holds one);
   a non-finite gradient norm skips the update on device (fused AdamW's ``found_inf``) and is
   counted, also on device.
 """
@@ -24,19 +25,21 @@ from toremi.data.loader import Batch
 from toremi.methods import MethodConfig, rules
 from toremi.model import GPT, per_sample_loss
 from toremi.train.distributed import Dist, all_reduce_sum
+from toremi.train.reweighter import Reweighter
 
 
 class StepEngine:
-    ACCUMULATORS = ("stat_loss", "stat_count", "log_tloss", "log_tcount", "log_sums")
+    ACCUMULATORS = ("log_tloss", "log_tcount", "log_sums")  # log-window sums (the stats: Reweighter)
 
-    def __init__(self, model: GPT, opt: torch.optim.Optimizer, sched, method_cfg: MethodConfig,
+    def __init__(self, model: GPT, opt: torch.optim.Optimizer, sched, method: Reweighter | MethodConfig,
                  grad_clip: float, num_topics: int, d: Dist, compile: bool = False, bf16: bool = True):
-        self.model, self.opt, self.sched, self.mcfg, self.grad_clip = model, opt, sched, method_cfg, grad_clip
+        self.model, self.opt, self.sched, self.grad_clip = model, opt, sched, grad_clip
         self.K, self.d, self.dev = num_topics, d, d.device
+        self.rw = method if isinstance(method, Reweighter) else Reweighter(num_topics, method, device=d.device, dist=d)
         self.fused = bool(opt.defaults.get("fused"))
-        # device accumulators: [K+1] (last slot = padding), interval stats and log-window stats
+        # device accumulators: [K+1] (last slot = padding), log-window stats
         z = lambda: torch.zeros(self.K + 1, dtype=torch.float64, device=self.dev)
-        self.stat_loss, self.stat_count, self.log_tloss, self.log_tcount = z(), z(), z(), z()
+        self.log_tloss, self.log_tcount = z(), z()
         self.log_sums = torch.zeros(4, dtype=torch.float64, device=self.dev)  # tok-loss, tokens, wloss, steps
         self.bad = torch.zeros(3, dtype=torch.float64, device=self.dev)  # skipped total, run, max run
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.dev.type == "cuda" and bf16
@@ -44,7 +47,7 @@ class StepEngine:
         self.ddp = DDP(model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None) \
             if d.enabled else model
         self.fwd = torch.compile(self._fwd) if compile else self._fwd
-        self.set_weights(torch.ones(self.K, dtype=torch.float64))
+        self.rw.amp = self.amp
 
     def _fwd(self, input_ids, labels, s, inv_norm):
         """Forward + weighted loss; compiled as one graph when ``compile`` is on (design.md §6)."""
@@ -53,24 +56,11 @@ class StepEngine:
         l, n = per_sample_loss(logits, labels)
         return (s * l).sum() * inv_norm, l, n
 
-    def statistic(self, l: torch.Tensor, n: torch.Tensor, batches: list[Batch]) -> torch.Tensor:
-        """Per-sample loss the method sees: per target token, or per target byte (stat_unit)."""
-        if self.mcfg.stat_unit == "token":
-            return l
-        if any(b.target_bytes is None for b in batches):
-            raise ValueError("method.stat_unit=byte needs target_bytes in batches (re-run prepare)")
-        nbytes = torch.cat([b.target_bytes for b in batches]).to(l.dtype)
-        return l * n / nbytes.clamp(min=1)
-
-    def set_weights(self, topic_weights: torch.Tensor) -> None:
-        self.w_dev = topic_weights.to(self.dev, torch.float32)
-
     def train_step(self, batches: list[Batch]) -> None:
         """One optimizer step over micro-batches already on the device."""
-        unl, world = self.mcfg.unlabelled_weight, self.d.world_size
-        s_all = [rules.sample_weights(self.w_dev, b.topic_ids, unl) * (b.labels != -100).any(1)
-                 for b in batches]
-        if self.mcfg.loss_norm == "mean":
+        world = self.d.world_size
+        s_all = [self.rw.sample_weights(b.topic_ids) * (b.labels != -100).any(1) for b in batches]
+        if self.rw.cfg.loss_norm == "mean":
             inv_norm = 1.0 / sum(len(s) for s in s_all)  # x world / (N x world): DDP averages ranks
         else:
             inv_norm = world / all_reduce_sum(torch.stack([s.sum() for s in s_all]).sum(), self.d).clamp(min=1e-12)
@@ -96,8 +86,7 @@ class StepEngine:
         l, n = torch.cat(ls), torch.cat(ns)
         tids = torch.cat([b.topic_ids for b in batches])
         valid = (n > 0) & torch.isfinite(l) & ok
-        l_stat = self.statistic(l, n, batches)
-        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l_stat, tids, valid)
+        l_stat = self.rw.observe_batches(l, n, valid, batches)
         rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l_stat, tids, valid)
         nv = n.double() * valid
         self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
@@ -108,3 +97,20 @@ class StepEngine:
         self.bad[0] += bad
         self.bad[1] = (self.bad[1] + 1) * bad
         self.bad[2] = torch.maximum(self.bad[2], self.bad[1])
+
+    # -- the reweighting state lives in the Reweighter; these keep older callers working -------
+    @property
+    def w_dev(self) -> torch.Tensor:
+        return self.rw.w_dev
+
+    @property
+    def stat_loss(self) -> torch.Tensor:
+        return self.rw.loss_sum
+
+    @property
+    def stat_count(self) -> torch.Tensor:
+        return self.rw.count
+
+    def set_weights(self, topic_weights: torch.Tensor) -> None:
+        """Fixed weights on the device (benchmarks); a method's own updates go via the Reweighter."""
+        self.rw.w_dev = topic_weights.to(self.dev, torch.float32)
