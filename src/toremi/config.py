@@ -99,7 +99,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
+            raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
