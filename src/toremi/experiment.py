@@ -144,10 +144,28 @@ def is_finished(run_dir: Path) -> bool:
         and read_json(info).get("status") == "done"
 
 
+def run_ref(value, cfg: ExperimentConfig, method: MethodSpec, seed: int):
+    """``{run:LABEL}`` -> the run dir of method LABEL (listed earlier) with the same seed, so a
+    method can use another's finished run (DoReMi: reference -> proxy -> main)."""
+    if not isinstance(value, str) or "{run:" not in value:
+        return value
+    import re
+
+    labels = [m.name for m in cfg.methods]
+
+    def sub(match):
+        label = match.group(1)
+        if label not in labels[:labels.index(method.name)]:
+            raise ConfigError(f"methods[{method.name}]: {{run:{label}}} must name a method listed "
+                              f"before it; listed before: {labels[:labels.index(method.name)]}")
+        return str(Path(cfg.out) / "runs" / f"{label}-s{seed}")
+    return re.sub(r"\{run:([^}]+)\}", sub, value)
+
+
 def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: Path, run_dir: Path):
     from toremi.train import TrainConfig
 
-    data = nest({**flat(cfg.train), **flat(method.train)})
+    data = nest({k: run_ref(v, cfg, method, seed) for k, v in {**flat(cfg.train), **flat(method.train)}.items()})
     data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
     return from_dict(TrainConfig, data)
 

@@ -1,0 +1,127 @@
+"""Noise-aware ToReMi (``toremi-noise``): Stage 1 emphasises a topic only while it is *learnable*.
+
+The paper's Stage 1 up-weights every topic whose loss is above the mean, so a topic of pure noise
+(random tokens: loss ≈ ln V and flat) sits at the cap for all of Stage 1 and is only turned down in
+Stage 2. Here each topic also carries a learnability signal, from the statistics ToReMi already has:
+
+  r_k  = (L_k(prev) - L_k) / L_k(prev)        relative loss drop per update (seen topics)
+  slope_k ← s·slope_k + (1 - s)·r_k           smoothed (``learn_smoothing``)
+  learning_k = slope_k > ``learn_ratio`` · mean_j max(slope_j, 0)   (scale-free: compares topics)
+
+Stage 1 applies the paper's rule (same rule, clamps and preset) only to topics that are learning or
+at/below the mean; a topic above the mean that is not learning after ``warmup_updates`` updates is
+flagged ``noisy`` (sticky) after ``patience`` such updates in a row, and is not up-weighted. Flagged topics leave the mean L̄ (noise must not make
+the real topics look easy) and count as above it, so Stage 2's rule down-weights them. Before ``warmup_updates``
+(no slope yet) nothing is up-weighted. Every record carries a per-topic diagnosis
+(``hard-learning`` / ``noisy`` / ``easy`` / ``warmup``) with its level and slope.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from toremi.methods import rules
+from toremi.methods.base import register
+from toremi.methods.toremi import ToReMi, ToReMiOptions
+
+
+def learnability(slope: Tensor, prev: Tensor, loss: Tensor, seen: Tensor, smoothing: float,
+                 ratio: float) -> tuple[Tensor, Tensor]:
+    """(new smoothed slope, learning mask). ``prev`` is each topic's last seen loss (NaN = none)."""
+    has_prev = seen & torch.isfinite(prev)
+    r = torch.where(has_prev, (prev - loss) / prev.abs().clamp(min=1e-12), torch.zeros_like(loss))
+    slope = torch.where(has_prev, smoothing * slope + (1 - smoothing) * r, slope)
+    pos = slope.clamp(min=0)
+    n = has_prev.sum().clamp(min=1)
+    mean_pos = torch.where(has_prev, pos, torch.zeros_like(pos)).sum() / n
+    return slope, slope > ratio * mean_pos
+
+
+@dataclass
+class NoiseAwareOptions(ToReMiOptions):
+    learn_ratio: float = 0.25     # learning: smoothed relative drop > ratio x the topics' mean drop
+    learn_smoothing: float = 0.5  # EMA factor of the per-update relative drop
+    warmup_updates: int = 3       # updates before any topic is emphasised or flagged
+    patience: int = 2             # updates above the mean and not learning before the noisy flag
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.learn_smoothing < 1 or self.learn_ratio < 0 or self.warmup_updates < 1:
+            raise ValueError("need 0 <= learn_smoothing < 1, learn_ratio >= 0, warmup_updates >= 1")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+
+
+@register("toremi-noise", options=NoiseAwareOptions)
+class NoiseAwareToReMi(ToReMi):
+    """ToReMi whose Stage 1 emphasises only learnable topics and flags high, flat loss as noise."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        k = self.num_topics
+        self.prev = torch.full((k,), math.nan, dtype=torch.float64)
+        self.slope = torch.zeros(k, dtype=torch.float64)
+        self.noisy = torch.zeros(k, dtype=torch.bool)
+        self.flat = torch.zeros(k, dtype=torch.int64)  # consecutive updates above mean, not learning
+        self.learning = torch.zeros(k, dtype=torch.bool)
+        self.delta = torch.zeros(k, dtype=torch.float64)
+
+    def _update(self, step, loss_sum, count):
+        c = self.opts
+        self._maybe_switch(step)
+        # flagged topics leave the mean loss L̄: noise must not make the real topics look easy
+        keep = (~self.noisy).to(count.dtype)
+        delta, lbar, seen = rules.loss_deviation(loss_sum * keep, count * keep, absent=c.absent)
+        loss, seen = rules.topic_mean_loss(loss_sum, count)
+        if c.absent == "zero":
+            loss, seen = torch.nan_to_num(loss, nan=0.0), torch.ones_like(seen)
+        delta = torch.where(self.noisy & seen, (loss - lbar).abs(), delta)
+        self.slope, self.learning = learnability(self.slope, self.prev, loss, seen, c.learn_smoothing,
+                                                 c.learn_ratio)
+        self.prev = torch.where(seen, loss, self.prev)
+        warm = self.updates + 1 > c.warmup_updates
+        above = delta > 0
+        if self.stage == 1 and warm:
+            stuck = seen & above & ~self.learning
+            self.flat = torch.where(stuck, self.flat + 1, torch.where(seen, torch.zeros_like(self.flat), self.flat))
+            self.noisy |= self.flat >= c.patience
+        if self.stage == 1:
+            # emphasise only learning topics; the others above the mean keep their weight
+            move = seen & (~above | (self.learning & ~self.noisy)) if warm else seen & ~above
+        else:
+            move = seen  # flagged topics count as above the mean: turned down
+        self.delta = delta
+        if c.rule == "additive":
+            self.weights = rules.toremi_additive(self.weights, delta, move, self.stage, c.alpha,
+                                                 c.beta, c.gamma, c.below_mean)
+        else:
+            self.weights = rules.toremi_multiplicative(self.weights, delta, lbar, move, self.stage,
+                                                       lo=c.gamma, hi=c.beta, below_mean=c.below_mean)
+        if self.uses_sampling:
+            self.probs = self._probs()
+
+    def diagnosis(self) -> list[str]:
+        warm = self.updates > self.opts.warmup_updates
+        out = []
+        for noisy, learning, d in zip(self.noisy.tolist(), self.learning.tolist(), self.delta.tolist()):
+            out.append("noisy" if noisy else "warmup" if not warm else
+                       "easy" if d <= 0 else "hard-learning" if learning else "hard-flat")
+        return out
+
+    def record_extra(self) -> dict:
+        level = [None if math.isnan(x) else x for x in self.prev.tolist()]
+        return {"diagnosis": self.diagnosis(), "level": level, "slope": self.slope.tolist()}
+
+    def _extra_state(self):
+        return {**super()._extra_state(), "prev": self.prev.clone(), "slope": self.slope.clone(),
+                "noisy": self.noisy.clone(), "learning": self.learning.clone(), "delta": self.delta.clone(),
+                "flat": self.flat.clone()}
+
+    def _load_extra_state(self, extra):
+        super()._load_extra_state(extra)
+        for k in ("prev", "slope", "noisy", "learning", "delta", "flat"):
+            setattr(self, k, extra[k].clone())

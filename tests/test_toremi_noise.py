@@ -1,0 +1,64 @@
+"""Noise-aware ToReMi: a high, flat-loss topic is never emphasised in Stage 1 and is turned down in
+Stage 2, while the paper's rule (unchanged) emphasises it; learnability by hand; state round trip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from toremi.methods import MethodConfig, build_method
+from toremi.methods.toremi_noise import learnability
+
+D = torch.float64
+
+
+def test_learnability_by_hand():
+    prev = torch.tensor([4.0, 2.0, 8.0, math.nan], dtype=D)
+    loss = torch.tensor([3.0, 1.9, 8.0, 5.0], dtype=D)
+    seen = torch.tensor([True, True, True, True])
+    # r = [0.25, 0.05, 0, -] ; slope = 0.5*0 + 0.5*r = [0.125, 0.025, 0, 0]; mean of positive = 0.05
+    slope, learning = learnability(torch.zeros(4, dtype=D), prev, loss, seen, smoothing=0.5, ratio=0.25)
+    assert slope.tolist() == pytest.approx([0.125, 0.025, 0.0, 0.0])
+    assert learning.tolist() == [True, True, False, False]  # threshold 0.25 * 0.05 = 0.0125
+
+
+def simulate(cfg: MethodConfig, updates: int = 20):
+    """Topic 0: hard and learning (6 -> 3), topic 1: easy (2.5 -> 2), topic 2: noise (8.3, flat)."""
+    m = build_method(cfg, 3, total_steps=updates)
+    g = torch.Generator().manual_seed(0)
+    path = []
+    for u in range(1, updates + 1):
+        loss = torch.tensor([3 + 3 * math.exp(-u / 6), 2 + 0.5 * math.exp(-u / 6), 8.3], dtype=D)
+        loss = loss + 0.01 * torch.randn(3, generator=g, dtype=D)
+        rec = m.update(u, loss * 10, torch.full((3,), 10.0, dtype=D))
+        path.append(rec)
+    return m, path
+
+
+def test_noise_is_not_emphasised_then_turned_down():
+    opts = dict(interval=1, switch="fraction", switch_fraction=0.5, alpha=0.5)
+    m, path = simulate(MethodConfig(name="toremi-noise", **opts))
+    stage1 = [r for r in path if r["stage"] == 1]
+    mean = lambda r: sum(r["weights"]) / 3
+    assert max(r["weights"][2] / mean(r) for r in stage1) <= 1.0
+    assert max(r["weights"][0] for r in stage1) > 1.5  # the hard, learning topic is emphasised
+    assert path[-1]["weights"][2] <= 0.5 * mean(path[-1])
+    assert path[-1]["diagnosis"][2] == "noisy" and stage1[-1]["diagnosis"][0] == "hard-learning"
+    assert stage1[-1]["diagnosis"][1] == "easy" and stage1[0]["diagnosis"] == ["warmup"] * 3
+    assert path[-1]["slope"][0] > 0 and abs(path[-1]["slope"][2]) < 0.01
+    # the paper's rule, unchanged, puts the noise topic at the cap during Stage 1
+    _, paper = simulate(MethodConfig(name="toremi", **opts))
+    assert max(r["weights"][2] for r in paper if r["stage"] == 1) == 5.0
+
+
+def test_state_round_trip_continues_identically():
+    cfg = MethodConfig(name="toremi-noise", interval=1, switch="fraction", switch_fraction=0.5)
+    a, _ = simulate(cfg, updates=6)
+    b = build_method(cfg, 3, total_steps=6)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.update(7, torch.tensor([30.0, 20.0, 83.0], dtype=D), torch.full((3,), 10.0, dtype=D))
+    assert torch.equal(a.topic_weights, b.topic_weights) and torch.equal(a.noisy, b.noisy)
+    assert a.diagnosis() == b.diagnosis()
