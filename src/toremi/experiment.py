@@ -71,6 +71,34 @@ class ExperimentConfig:
                                   f"seed are shared by every method (set them in `train`/`seeds`)")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        validate_sections(self)
+
+
+def validate_sections(cfg: "ExperimentConfig") -> None:
+    """Build every section's typed config now (placeholders for paths filled in later), so that a
+    typo anywhere fails at load time naming the key and the valid keys, before any stage runs."""
+    p, x = cfg.pipeline, "<filled in later>"
+    if p.corpus is not None:
+        from toremi.corpus.build import CorpusConfig
+
+        from_dict(CorpusConfig, p.corpus, prefix="pipeline.corpus.")
+    if p.annotate is not None:
+        from toremi.annotate.pipeline import AnnotateConfig
+
+        from_dict(AnnotateConfig, p.annotate, "pipeline.annotate.")
+    if p.prepare is not None:
+        from toremi.prepare import PrepareConfig
+
+        from_dict(PrepareConfig, {"corpus": x, **p.prepare}, "pipeline.prepare.")
+    if p.noise is not None:
+        from toremi.noise import NoiseConfig
+
+        from_dict(NoiseConfig, {"tokens": x, "out": x, **p.noise}, "pipeline.noise.")
+    from toremi.evaluate.cli import EvalConfig
+
+    from_dict(EvalConfig, {**nest(cfg.eval), "run": x, "corpus": None}, "eval.")
+    for m in cfg.methods:
+        train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
 
 
 def flat(d: dict, prefix: str = "") -> dict:
