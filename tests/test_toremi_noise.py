@@ -62,3 +62,21 @@ def test_state_round_trip_continues_identically():
         m.update(7, torch.tensor([30.0, 20.0, 83.0], dtype=D), torch.full((3,), 10.0, dtype=D))
     assert torch.equal(a.topic_weights, b.topic_weights) and torch.equal(a.noisy, b.noisy)
     assert a.diagnosis() == b.diagnosis()
+
+
+def test_report_diagnosis_table_from_weights_jsonl(tmp_path):
+    import json
+
+    from toremi.report import diagnosis_rows, load_run
+
+    _, path = simulate(MethodConfig(name="toremi-noise", interval=1, switch="fraction",
+                                    switch_fraction=0.5, alpha=0.5))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "weights.jsonl").write_text("".join(json.dumps(r) + "\n" for r in path))
+    (run / "run.json").write_text(json.dumps({"topic_names": ["hard", "easy", "noise"],
+                                              "method": "toremi-noise"}))
+    rows = {r[0]: r for r in diagnosis_rows(load_run(run))}
+    assert rows["noise"][1] == "noisy" and float(rows["noise"][4][:-1]) <= 1.0
+    assert float(rows["noise"][5][:-1]) <= 0.5 and rows["noise"][6] != "-"
+    assert rows["hard"][1] in ("hard-learning", "easy") and float(rows["hard"][4][:-1]) > 1.0
