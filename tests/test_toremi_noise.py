@@ -15,13 +15,14 @@ D = torch.float64
 
 
 def test_learnability_by_hand():
-    prev = torch.tensor([4.0, 2.0, 8.0, math.nan], dtype=D)
-    loss = torch.tensor([3.0, 1.9, 8.0, 5.0], dtype=D)
-    seen = torch.tensor([True, True, True, True])
-    # r = [0.25, 0.05, 0, -] ; slope = 0.5*0 + 0.5*r = [0.125, 0.025, 0, 0]; mean of positive = 0.05
-    slope, learning = learnability(torch.zeros(4, dtype=D), prev, loss, seen, smoothing=0.5, ratio=0.25)
-    assert slope.tolist() == pytest.approx([0.125, 0.025, 0.0, 0.0])
-    assert learning.tolist() == [True, True, False, False]  # threshold 0.25 * 0.05 = 0.0125
+    nan = math.nan
+    hist = torch.tensor([[4.0, nan, 8.0, nan], [3.5, 2.0, 8.0, nan]], dtype=D)  # oldest first
+    level = torch.tensor([3.0, 1.9, 8.0, 5.0], dtype=D)
+    # topic 0: (4 - 3) / (4 * 2 updates) = 0.125; topic 1: (2 - 1.9) / (2 * 1) = 0.05; topic 2: 0;
+    # topic 3: no history. Mean positive slope over topics with one: 0.175 / 3; x 0.25 = 0.01458
+    slope, learning = learnability(hist, level, ratio=0.25)
+    assert slope.tolist() == pytest.approx([0.125, 0.05, 0.0, 0.0])
+    assert learning.tolist() == [True, True, False, False]
 
 
 def simulate(cfg: MethodConfig, updates: int = 20):

@@ -4,8 +4,9 @@ The paper's Stage 1 up-weights every topic whose loss is above the mean, so a to
 (random tokens: loss ≈ ln V and flat) sits at the cap for all of Stage 1 and is only turned down in
 Stage 2. Here each topic also carries a learnability signal, from the statistics ToReMi already has:
 
-  r_k  = (L_k(prev) - L_k) / L_k(prev)        relative loss drop per update (seen topics)
-  slope_k ← s·slope_k + (1 - s)·r_k           smoothed (``learn_smoothing``)
+  level_k ← s·level_k + (1 - s)·L_k                 smoothed loss level (``learn_smoothing``)
+  slope_k = (level_k(t-W) - level_k(t)) / (level_k(t-W)·W)   relative drop per update over the
+                                                    last W = ``learn_window`` updates
   learning_k = slope_k > ``learn_ratio`` · mean_j max(slope_j, 0)   (scale-free: compares topics)
 
 Stage 1 applies the paper's rule (same rule, clamps and preset) only to topics that are learning or
@@ -29,22 +30,28 @@ from toremi.methods.base import register
 from toremi.methods.toremi import ToReMi, ToReMiOptions
 
 
-def learnability(slope: Tensor, prev: Tensor, loss: Tensor, seen: Tensor, smoothing: float,
-                 ratio: float) -> tuple[Tensor, Tensor]:
-    """(new smoothed slope, learning mask). ``prev`` is each topic's last seen loss (NaN = none)."""
-    has_prev = seen & torch.isfinite(prev)
-    r = torch.where(has_prev, (prev - loss) / prev.abs().clamp(min=1e-12), torch.zeros_like(loss))
-    slope = torch.where(has_prev, smoothing * slope + (1 - smoothing) * r, slope)
-    pos = slope.clamp(min=0)
-    n = has_prev.sum().clamp(min=1)
-    mean_pos = torch.where(has_prev, pos, torch.zeros_like(pos)).sum() / n
-    return slope, slope > ratio * mean_pos
+def learnability(hist: Tensor, level: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
+    """(slope, learning). ``hist`` [W, K]: the smoothed loss levels of the last W updates (NaN
+    before a topic was seen), oldest first; ``level`` [K] the current one. slope = relative drop
+    per update over the window, (old - level) / (old * n); learning = slope > ratio x the mean
+    positive slope of the topics with a slope (a comparison between topics, so scale-free)."""
+    w = hist.shape[0]
+    valid = torch.isfinite(hist)
+    first = torch.where(valid.any(0), valid.to(torch.int8).argmax(0), torch.full_like(level, w, dtype=torch.long))
+    n = (w - first).to(level.dtype)  # updates between the oldest valid level and now
+    old = hist.gather(0, first.clamp(max=w - 1)[None])[0]
+    ok = (n > 0) & torch.isfinite(level)
+    slope = torch.where(ok, (old - level) / (old.abs().clamp(min=1e-12) * n.clamp(min=1)),
+                        torch.zeros_like(level))
+    mean_pos = torch.where(ok, slope.clamp(min=0), torch.zeros_like(slope)).sum() / ok.sum().clamp(min=1)
+    return slope, ok & (slope > ratio * mean_pos)
 
 
 @dataclass
 class NoiseAwareOptions(ToReMiOptions):
     learn_ratio: float = 0.25     # learning: smoothed relative drop > ratio x the topics' mean drop
-    learn_smoothing: float = 0.5  # EMA factor of the per-update relative drop
+    learn_smoothing: float = 0.5  # EMA factor of the loss level
+    learn_window: int = 10        # updates over which the level's drop is measured
     warmup_updates: int = 3       # updates before any topic is emphasised or flagged
     patience: int = 2             # updates above the mean and not learning before the noisy flag
 
@@ -52,6 +59,8 @@ class NoiseAwareOptions(ToReMiOptions):
         super().__post_init__()
         if not 0 <= self.learn_smoothing < 1 or self.learn_ratio < 0 or self.warmup_updates < 1:
             raise ValueError("need 0 <= learn_smoothing < 1, learn_ratio >= 0, warmup_updates >= 1")
+        if self.learn_window < 1:
+            raise ValueError(f"learn_window must be >= 1, got {self.learn_window}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
 
@@ -63,7 +72,8 @@ class NoiseAwareToReMi(ToReMi):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         k = self.num_topics
-        self.prev = torch.full((k,), math.nan, dtype=torch.float64)
+        self.prev = torch.full((k,), math.nan, dtype=torch.float64)  # smoothed level
+        self.hist = torch.full((self.opts.learn_window, k), math.nan, dtype=torch.float64)
         self.slope = torch.zeros(k, dtype=torch.float64)
         self.noisy = torch.zeros(k, dtype=torch.bool)
         self.flat = torch.zeros(k, dtype=torch.int64)  # consecutive updates above mean, not learning
@@ -80,9 +90,12 @@ class NoiseAwareToReMi(ToReMi):
         if c.absent == "zero":
             loss, seen = torch.nan_to_num(loss, nan=0.0), torch.ones_like(seen)
         delta = torch.where(self.noisy & seen, (loss - lbar).abs(), delta)
-        self.slope, self.learning = learnability(self.slope, self.prev, loss, seen, c.learn_smoothing,
-                                                 c.learn_ratio)
-        self.prev = torch.where(seen, loss, self.prev)
+        s = c.learn_smoothing
+        level = torch.where(seen, torch.where(torch.isfinite(self.prev), s * self.prev + (1 - s) * loss, loss),
+                            self.prev)
+        self.slope, self.learning = learnability(self.hist, level, c.learn_ratio)
+        self.hist = torch.cat([self.hist[1:], level[None]])
+        self.prev = level
         warm = self.updates + 1 > c.warmup_updates
         above = delta > 0
         if self.stage == 1 and warm:
@@ -119,9 +132,10 @@ class NoiseAwareToReMi(ToReMi):
     def _extra_state(self):
         return {**super()._extra_state(), "prev": self.prev.clone(), "slope": self.slope.clone(),
                 "noisy": self.noisy.clone(), "learning": self.learning.clone(), "delta": self.delta.clone(),
+                "hist": self.hist.clone(),
                 "flat": self.flat.clone()}
 
     def _load_extra_state(self, extra):
         super()._load_extra_state(extra)
-        for k in ("prev", "slope", "noisy", "learning", "delta", "flat"):
+        for k in ("prev", "hist", "slope", "noisy", "learning", "delta", "flat"):
             setattr(self, k, extra[k].clone())
