@@ -106,8 +106,9 @@ class MethodConfig:
                 if owners:
                     raise ConfigError(f"method.{key} is an option of method {' / '.join(owners)}, not of "
                                       f"method.name={name!r}")
-                raise ConfigError(f"unknown option method.{key}; options of {name!r}: "
-                                  f"{sorted(accepted) or 'none'}; shared: {list(COMMON[1:])}")
+                raise ConfigError(f"unknown config key method.{key}; valid keys: "
+                                  f"{['method.' + k for k in COMMON]}, options of method {name!r}: "
+                                  f"{sorted(accepted) or 'none'}")
             data[accepted[key]] = value
         if info.options is None and data:
             raise ConfigError(f"method {name!r} takes no options, got {sorted(data)}")
