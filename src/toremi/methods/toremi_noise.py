@@ -14,7 +14,14 @@ at/below the mean; a topic above the mean that is not learning after ``warmup_up
 flagged ``noisy`` (sticky) after ``patience`` such updates in a row, and is not up-weighted. Flagged topics leave the mean L̄ (noise must not make
 the real topics look easy) and count as above it, so Stage 2's rule down-weights them. Before ``warmup_updates``
 (no slope yet) nothing is up-weighted. Every record carries a per-topic diagnosis
-(``hard-learning`` / ``noisy`` / ``easy`` / ``warmup``) with its level and slope.
+(``hard-learning`` / ``hard-flat`` / ``noisy`` / ``easy`` / ``warmup``) with its level and slope.
+
+Measured (CPU, tiny model, 13 domain topics, one seed: an anecdote): random-token noise is
+flagged at the 5th update and never emphasised (Stage-1 peak 1.00x the mean weight; paper rule
+3.55x). Character-shuffled text is NOT caught in Stage 1: its per-byte loss really falls (5.2 ->
+3.5 nats/byte in 150 steps, the model learns character frequencies) until it reaches its floor,
+so it looks learnable (peak 3.59x; Stage 2 still ends it at 0.06x). Telling it apart needs the
+clean held-out loss of the topic (``on_val_topics``: a train-val gap), not the training slope.
 """
 
 from __future__ import annotations
