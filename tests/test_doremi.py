@@ -70,3 +70,26 @@ def test_reference_proxy_main_chain(tiny_tokens, tmp_path):
     m = read_jsonl(main / "weights.jsonl")
     assert m[-1]["probs"] == pytest.approx(recs[-1]["doremi_avg"])
     assert m[-1]["weights"] == [1.0] * 5  # the main run samples, it does not reweight the loss
+
+
+def test_plain_loop_feeds_reference_losses(tiny_tokens, tmp_path):
+    """The Reweighter's reference hook in a plain loop (HF-style shifted labels)."""
+    import numpy as np
+
+    from toremi.data.shards import TokenDataset
+    from toremi.model import GPT, GPTConfig
+    from toremi.train.reweighter import Reweighter
+
+    ref = train(_cfg(tiny_tokens, tmp_path / "ref", "method.name=uniform", "steps=3"))
+    ds = TokenDataset(tiny_tokens)
+    b = ds.gather(np.linspace(0, len(ds) - 1, 8).astype(np.int64))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.named("tiny", ds.vocab_size, ds.seq_len))
+    rw = Reweighter(ds.num_topics, MethodConfig(name="doremi", reference=str(ref), interval=1))
+    x = b["input_ids"]
+    rw.weighted_loss(model(x), b["topic_ids"], labels=x, shift=True).backward()
+    seen = rw.count[:5] > 0
+    assert seen.any() and (rw.stats["ref_loss"][:5][seen] > 0).all() and (rw.stats["excess"] >= 0).all()
+    rec = rw.step()
+    assert rec["excess"] == pytest.approx((rw.method.stats["excess"] / rw.method.stats["excess"].new_tensor(
+        rec["topic_count"]).clamp(min=1)).tolist())

@@ -159,9 +159,8 @@ class Reweighter:
             ok = torch.ones_like(l, dtype=torch.bool)
         else:
             logits = logits_or_losses
-            if shift:
-                if input_ids is None:
-                    input_ids = labels[:, :-1]
+            if shift:  # causal model: positions [:-1] of the inputs predict labels [1:]
+                input_ids = (labels if input_ids is None else input_ids)[:, :-1]
                 logits, labels = logits[:, :-1], labels[:, 1:]
             l, n = per_sample_loss(logits.contiguous(), labels.contiguous())
             ok = n > 0
