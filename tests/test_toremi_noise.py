@@ -81,3 +81,21 @@ def test_report_diagnosis_table_from_weights_jsonl(tmp_path):
     assert rows["noise"][1] == "noisy" and float(rows["noise"][4][:-1]) <= 1.0
     assert float(rows["noise"][5][:-1]) <= 0.5 and rows["noise"][6] != "-"
     assert rows["hard"][1] in ("hard-learning", "easy") and float(rows["hard"][4][:-1]) > 1.0
+
+
+def test_validation_gap_flags_text_unlike_its_clean_topic():
+    """Per-token training loss far below the clean held-out loss (character shuffle) -> noisy."""
+    cfg = MethodConfig(name="toremi-noise", interval=1, switch="fraction", switch_fraction=0.5,
+                       val_gap=0.25)
+    m = build_method(cfg, 3, total_steps=20)
+    for u in range(1, 21):
+        loss = torch.tensor([5 + 2 * math.exp(-u / 6), 4 + math.exp(-u / 6), 3.0], dtype=D)
+        m.on_val_topics(u, torch.tensor([5 + 2 * math.exp(-u / 6), 4 + math.exp(-u / 6), 6.0], dtype=D))
+        rec = m.update(u, loss * 10, torch.full((3,), 10.0, dtype=D))
+    assert rec["diagnosis"][2] == "noisy" and rec["val_gap"][2] == pytest.approx(0.5)
+    assert rec["diagnosis"][:2] != ["noisy", "noisy"] and rec["weights"][2] <= 0.5 * sum(rec["weights"]) / 3
+    off = build_method(MethodConfig(name="toremi-noise", interval=1, val_gap=0), 3, total_steps=20)
+    off.on_val_topics(1, torch.tensor([7.0, 5.0, 6.0], dtype=D))
+    for u in range(1, 8):
+        off.update(u, torch.tensor([60.0, 45.0, 30.0], dtype=D) - u, torch.full((3,), 10.0, dtype=D))
+    assert not off.noisy[2]

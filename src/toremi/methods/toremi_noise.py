@@ -20,8 +20,11 @@ Measured (CPU, tiny model, 13 domain topics, one seed: an anecdote): random-toke
 flagged at the 5th update and never emphasised (Stage-1 peak 1.00x the mean weight; paper rule
 3.55x). Character-shuffled text is NOT caught in Stage 1: its per-byte loss really falls (5.2 ->
 3.5 nats/byte in 150 steps, the model learns character frequencies) until it reaches its floor,
-so it looks learnable (peak 3.59x; Stage 2 still ends it at 0.06x). Telling it apart needs the
-clean held-out loss of the topic (``on_val_topics``: a train-val gap), not the training slope.
+so it looks learnable (peak 3.59x; Stage 2 still ends it at 0.06x). Hence a second signal, from
+the validation hook (``on_val_topics``): with ``stat_unit=token``, a topic whose training loss
+differs from the loss on its clean held-out text by more than ``val_gap`` (relative) is flagged
+too: its training text does not look like the topic (character shuffle: per-token loss far BELOW
+its clean loss; random tokens: far above).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class NoiseAwareOptions(ToReMiOptions):
     learn_window: int = 10        # updates over which the level's drop is measured
     warmup_updates: int = 3       # updates before any topic is emphasised or flagged
     patience: int = 2             # updates above the mean and not learning before the noisy flag
+    # |train - val| / val of a topic's per-token loss above this flags it noisy: its training text
+    # does not look like its clean held-out text (needs stat_unit=token and evals in Stage 1);
+    # 0 = off
+    val_gap: float = 0.25
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,6 +93,8 @@ class NoiseAwareToReMi(ToReMi):
         self.flat = torch.zeros(k, dtype=torch.int64)  # consecutive updates above mean, not learning
         self.learning = torch.zeros(k, dtype=torch.bool)
         self.delta = torch.zeros(k, dtype=torch.float64)
+        self.val = torch.full((k,), math.nan, dtype=torch.float64)  # last per-topic val loss
+        self.gap = torch.full((k,), math.nan, dtype=torch.float64)
 
     def _update(self, step, loss_sum, count):
         c = self.opts
@@ -105,10 +114,14 @@ class NoiseAwareToReMi(ToReMi):
         self.prev = level
         warm = self.updates + 1 > c.warmup_updates
         above = delta > 0
+        if self.cfg.stat_unit == "token":  # the validation hook: train text vs clean held-out text
+            self.gap = torch.where(seen & torch.isfinite(self.val), (loss - self.val).abs() / self.val, self.gap)
         if self.stage == 1 and warm:
             stuck = seen & above & ~self.learning
             self.flat = torch.where(stuck, self.flat + 1, torch.where(seen, torch.zeros_like(self.flat), self.flat))
             self.noisy |= self.flat >= c.patience
+            if c.val_gap > 0:
+                self.noisy |= torch.nan_to_num(self.gap, nan=0.0) > c.val_gap
         if self.stage == 1:
             # emphasise only learning topics; the others above the mean keep their weight
             move = seen & (~above | (self.learning & ~self.noisy)) if warm else seen & ~above
@@ -124,6 +137,9 @@ class NoiseAwareToReMi(ToReMi):
         if self.uses_sampling:
             self.probs = self._probs()
 
+    def on_val_topics(self, step, topic_loss):
+        self.val = torch.where(torch.isfinite(topic_loss), topic_loss.double(), self.val)
+
     def diagnosis(self) -> list[str]:
         warm = self.updates > self.opts.warmup_updates
         out = []
@@ -134,15 +150,16 @@ class NoiseAwareToReMi(ToReMi):
 
     def record_extra(self) -> dict:
         level = [None if math.isnan(x) else x for x in self.prev.tolist()]
-        return {"diagnosis": self.diagnosis(), "level": level, "slope": self.slope.tolist()}
+        gap = [None if math.isnan(x) else x for x in self.gap.tolist()]
+        return {"diagnosis": self.diagnosis(), "level": level, "slope": self.slope.tolist(), "val_gap": gap}
 
     def _extra_state(self):
         return {**super()._extra_state(), "prev": self.prev.clone(), "slope": self.slope.clone(),
                 "noisy": self.noisy.clone(), "learning": self.learning.clone(), "delta": self.delta.clone(),
-                "hist": self.hist.clone(),
+                "hist": self.hist.clone(), "val": self.val.clone(), "gap": self.gap.clone(),
                 "flat": self.flat.clone()}
 
     def _load_extra_state(self, extra):
         super()._load_extra_state(extra)
-        for k in ("prev", "hist", "slope", "noisy", "learning", "delta", "flat"):
+        for k in ("prev", "hist", "slope", "noisy", "learning", "delta", "flat", "val", "gap"):
             setattr(self, k, extra[k].clone())
