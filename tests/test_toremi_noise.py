@@ -86,7 +86,7 @@ def test_report_diagnosis_table_from_weights_jsonl(tmp_path):
 def test_validation_gap_flags_text_unlike_its_clean_topic():
     """Per-token training loss far below the clean held-out loss (character shuffle) -> noisy."""
     cfg = MethodConfig(name="toremi-noise", interval=1, switch="fraction", switch_fraction=0.5,
-                       val_gap=0.25)
+                       val_gap=0.25, val_gap_ratio=3.0)
     m = build_method(cfg, 3, total_steps=20)
     for u in range(1, 21):
         loss = torch.tensor([5 + 2 * math.exp(-u / 6), 4 + math.exp(-u / 6), 3.0], dtype=D)

@@ -22,8 +22,8 @@ flagged at the 5th update and never emphasised (Stage-1 peak 1.00x the mean weig
 3.5 nats/byte in 150 steps, the model learns character frequencies) until it reaches its floor,
 so it looks learnable (peak 3.59x; Stage 2 still ends it at 0.06x). Hence a second signal, from
 the validation hook (``on_val_topics``): with ``stat_unit=token``, a topic whose training loss
-differs from the loss on its clean held-out text by more than ``val_gap`` (relative) is flagged
-too: its training text does not look like the topic (character shuffle: per-token loss far BELOW
+differs from the loss on its clean held-out text by more than ``val_gap`` (relative) and by more
+than ``val_gap_ratio`` x the median topic's gap is flagged too: its training text does not look like the topic (character shuffle: per-token loss far BELOW
 its clean loss; random tokens: far above).
 """
 
@@ -64,10 +64,11 @@ class NoiseAwareOptions(ToReMiOptions):
     learn_window: int = 10        # updates over which the level's drop is measured
     warmup_updates: int = 3       # updates before any topic is emphasised or flagged
     patience: int = 2             # updates above the mean and not learning before the noisy flag
-    # |train - val| / val of a topic's per-token loss above this flags it noisy: its training text
-    # does not look like its clean held-out text (needs stat_unit=token and evals in Stage 1);
-    # 0 = off
-    val_gap: float = 0.25
+    # gap = |train - val| / val of a topic's per-token loss; above val_gap AND above
+    # val_gap_ratio x the median gap of the topics, it flags the topic noisy: its training text
+    # does not look like its clean held-out text (needs stat_unit=token, evals in Stage 1); 0 = off
+    val_gap: float = 0.1
+    val_gap_ratio: float = 3.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,8 +121,10 @@ class NoiseAwareToReMi(ToReMi):
             stuck = seen & above & ~self.learning
             self.flat = torch.where(stuck, self.flat + 1, torch.where(seen, torch.zeros_like(self.flat), self.flat))
             self.noisy |= self.flat >= c.patience
-            if c.val_gap > 0:
-                self.noisy |= torch.nan_to_num(self.gap, nan=0.0) > c.val_gap
+            has = torch.isfinite(self.gap)
+            if c.val_gap > 0 and has.any():
+                med = self.gap[has].median()
+                self.noisy |= has & (self.gap > c.val_gap) & (self.gap > c.val_gap_ratio * med)
         if self.stage == 1:
             # emphasise only learning topics; the others above the mean keep their weight
             move = seen & (~above | (self.learning & ~self.noisy)) if warm else seen & ~above
