@@ -168,16 +168,11 @@ def test_sampling_methods_expose_probs_and_unit_weights():
 
 
 def test_per_byte_statistic_divides_total_nll_by_target_bytes():
-    from toremi.data.loader import Batch
-    from toremi.methods import MethodConfig
-    from toremi.train.step import StepEngine
+    from toremi.train.reweighter import Reweighter
 
-    engine = StepEngine.__new__(StepEngine)  # only the pure statistic is exercised here
     l = torch.tensor([2.0, 3.0])  # mean NLL per token
     n = torch.tensor([4, 10])     # target tokens
-    z = torch.zeros(2, 1, dtype=torch.long)
-    batch = Batch(z, z, z, z[:, 0], z[:, 0], target_bytes=torch.tensor([16, 20]))
-    engine.mcfg = MethodConfig(name="toremi", stat_unit="byte")
-    assert torch.allclose(engine.statistic(l, n, [batch]), torch.tensor([0.5, 1.5]))
-    engine.mcfg = MethodConfig(name="toremi")
-    assert torch.equal(engine.statistic(l, n, [batch]), l)
+    nbytes = torch.tensor([16, 20])
+    rw = Reweighter(2, MethodConfig(name="toremi", stat_unit="byte"))
+    assert torch.allclose(rw.statistic(l, n, nbytes), torch.tensor([0.5, 1.5]))
+    assert torch.equal(Reweighter(2, "toremi").statistic(l, n, nbytes), l)

@@ -257,7 +257,7 @@ def test_own_loop_accepts_segment_maps_and_per_token_topics(tiny_tokens):
     rws = [TopicReweighter(ds.num_topics, "toremi", total_steps=4, interval=2) for _ in range(3)]
     for rw in rws:
         rw.method.weights = w.clone()
-        rw._weights_to_device()
+        rw.push_weights()
     loss_map = rws[0].weighted_loss(logits, b.seg_topics, labels=b.labels, seg_ids=b.seg_ids)
     s = segments.token_weights(w.float(), b.seg_topics, b.seg_ids)
     ce = segments.token_ce(logits, b.labels)
@@ -285,7 +285,7 @@ def test_own_loop_accepts_segment_maps_and_per_token_topics(tiny_tokens):
     ref = TopicReweighter(ds.num_topics, "toremi", total_steps=4, interval=2)
     for rw in (ref, rws[2]):
         rw.method.weights = w.clone()
-        rw._weights_to_device()
+        rw.push_weights()
     loss_hf = rws[2].weighted_loss(hf_logits, rows, labels=hf_labels, shift=True,
                                    seg_ids=torch.cat([pad, local], 1))
     want = ref.weighted_loss(hf_logits[:, :-1], b.seg_topics, labels=b.labels, seg_ids=b.seg_ids)

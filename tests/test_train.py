@@ -90,9 +90,9 @@ def test_sigterm_checkpoints_and_resumes(tiny_tokens, tmp_path, reference_runs):
             "log_every=2", "eval_every=6", "eval_batches=2", "progress=false",
             "optim.warmup_steps=2", "method.interval=2", *METHOD_ARGS["toremi"]]
     code = ("import sys, time, toremi.train.trainer as t\n"
-            "orig = t.Trainer.train_step\n"
+            "orig = t.StepEngine.train_step\n"
             "def slow(self, b):\n    time.sleep(0.3)\n    return orig(self, b)\n"
-            "t.Trainer.train_step = slow\n"  # slow the loop down so the signal lands mid-run
+            "t.StepEngine.train_step = slow\n"  # slow the loop down so the signal lands mid-run
             "from toremi.train.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
@@ -137,17 +137,17 @@ def test_nonfinite_step_is_skipped_then_training_continues(tiny_tokens, tmp_path
     p = tr.model.transformer.h[0].mlp.c_fc.weight
     poison = {"on": False}
     p.register_hook(lambda g: torch.full_like(g, float("nan")) if poison["on"] else g)
-    tr.train_step(tr.next_batches())
+    tr.engine.train_step(tr.next_batches())
     before = [q.detach().clone() for q in tr.model.parameters()]
     poison["on"] = True
-    tr.train_step(tr.next_batches())
+    tr.engine.train_step(tr.next_batches())
     assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))  # step skipped
-    assert tr.bad.tolist() == [1, 1, 1]
+    assert tr.engine.bad.tolist() == [1, 1, 1]
     poison["on"] = False
-    tr.train_step(tr.next_batches())
+    tr.engine.train_step(tr.next_batches())
     assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
-    assert tr.bad.tolist() == [1, 0, 1]
-    assert torch.isfinite(tr.stat_loss).all() and tr.stat_count[:tr.K].sum() == 2 * 8  # 2 good steps
+    assert tr.engine.bad.tolist() == [1, 0, 1]
+    assert torch.isfinite(tr.rw.loss_sum).all() and tr.rw.count[:tr.K].sum() == 2 * 8  # 2 good steps
 
 
 def test_persistent_nonfinite_stops_with_checkpoint(tiny_tokens, tmp_path):
@@ -176,7 +176,7 @@ def test_training_step_is_sync_free(tiny_tokens, tmp_path, monkeypatch):
             return _orig(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, patched)
     for b in batches:
-        tr.train_step(b)
+        tr.engine.train_step(b)
     assert calls == []
     tr.step = 2
     from toremi.train.runlog import RunLogger
@@ -206,7 +206,7 @@ def test_hf_export_matches_and_final_dir(tiny_tokens, tmp_path):
     # the checkpoint's weights are the HF export, and match the trained model exactly
     model, state = checkpoint.load(checkpoint.latest(run))
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), ours.state_dict().values()))
-    assert state["step"] == 3 and state["method"]["weights"].shape == (5,)
+    assert state["step"] == 3 and state["reweighter"]["method"]["weights"].shape == (5,)
     info = read_json(run / "run.json")
     assert info["topic_names"] == ["business", "entertainment", "politics", "sports", "tech"]
     assert info["tokenizer"]["fingerprint"] and info["method_options"]["name"] == "uniform"
@@ -252,3 +252,36 @@ def test_every_named_size_builds_and_runs():
         model = GPT(GPTConfig.named(size, vocab_size=100, block_size=8))
         out = model(torch.zeros(1, 8, dtype=torch.long))
         assert out.shape == (1, 8, 128) and torch.isfinite(out).all(), size
+
+def to_layout1(state: dict) -> dict:
+    """train_state.pt as toremi wrote it before the Reweighter (commit 0364be7): method state and
+    every device accumulator at the top level, flat method options of every method."""
+    old = {k: v for k, v in state.items() if k not in ("state_version", "reweighter", "engine")}
+    rw, eng = state["reweighter"], state["engine"]
+    old["method"] = rw["method"]
+    old["bad"] = eng["bad"]
+    old["accumulators"] = {"stat_loss": rw["stats"]["loss"], "stat_count": rw["stats"]["count"],
+                           **{k: eng[k] for k in ("log_tloss", "log_tcount", "log_sums")}}
+    old["method_options"] = {**state["method_options"], "tau": float("inf"), "odm_smoothing": 0.9}
+    return old
+
+
+def test_pre_reweighter_checkpoint_resumes_bit_exact(tiny_tokens, tmp_path, reference_runs):
+    run = tmp_path / "legacy"
+    train(make_cfg(tiny_tokens, run, *METHOD_ARGS["toremi"], "stop_at_step=7"))
+    path = checkpoint.latest(run) / "train_state.pt"
+    state = torch.load(path, weights_only=False)
+    torch.save(to_layout1(state), path)
+    train(make_cfg(tiny_tokens, run, *METHOD_ARGS["toremi"]))
+    assert_same_run(reference_runs["toremi"], run)
+
+
+def test_checkpoint_from_a_newer_layout_is_refused(tiny_tokens, tmp_path):
+    run = tmp_path / "newer"
+    train(make_cfg(tiny_tokens, run, "steps=2"))
+    path = checkpoint.latest(run) / "train_state.pt"
+    state = torch.load(path, weights_only=False)
+    state["state_version"] = 99
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="state layout 99 is newer"):
+        train(make_cfg(tiny_tokens, run, "steps=4"))

@@ -21,11 +21,11 @@ def test_weighted_loss_matches_formula_and_updates(tiny_tokens, tmp_path):
     rw = TopicReweighter(ds.num_topics, "toremi", total_steps=10, interval=2, alpha=5.0,
                          log_path=tmp_path / "w.jsonl")
     rw.method.weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
-    rw._weights_to_device()
+    rw.push_weights()
     logits = model(b["input_ids"])
     loss = rw.weighted_loss(logits, b["topic_ids"], labels=b["labels"])
     l, _ = per_sample_loss(logits, b["labels"])
-    s = rules.sample_weights(rw.w, b["topic_ids"])
+    s = rules.sample_weights(rw.w_dev, b["topic_ids"])
     assert loss.item() == pytest.approx(((s * l).sum() / s.sum()).item(), rel=1e-6)
     assert rw.step() is None  # interval 2
     rw.weighted_loss(l.detach(), b["topic_ids"])  # per-sample losses work too

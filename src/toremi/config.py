@@ -91,7 +91,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys by name."""
+    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys by name.
+    A class with a ``from_config_dict(data, prefix)`` classmethod builds itself (method options)."""
+    if hasattr(cls, "from_config_dict"):
+        try:
+            return cls.from_config_dict(data, prefix)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -110,6 +118,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def to_dict(obj: Any) -> Any:
+    if hasattr(obj, "to_config_dict"):
+        return to_dict(obj.to_config_dict())
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

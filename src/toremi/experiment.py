@@ -74,6 +74,34 @@ class ExperimentConfig:
                                   f"seed are shared by every method (set them in `train`/`seeds`)")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        validate_sections(self)
+
+
+def validate_sections(cfg: "ExperimentConfig") -> None:
+    """Build every section's typed config now (placeholders for paths filled in later), so that a
+    typo anywhere fails at load time naming the key and the valid keys, before any stage runs."""
+    p, x = cfg.pipeline, "<filled in later>"
+    if p.corpus is not None:
+        from toremi.corpus.build import CorpusConfig
+
+        from_dict(CorpusConfig, p.corpus, prefix="pipeline.corpus.")
+    if p.annotate is not None:
+        from toremi.annotate.pipeline import AnnotateConfig
+
+        from_dict(AnnotateConfig, p.annotate, "pipeline.annotate.")
+    if p.prepare is not None:
+        from toremi.prepare import PrepareConfig
+
+        from_dict(PrepareConfig, {"corpus": x, **p.prepare}, "pipeline.prepare.")
+    if p.noise is not None:
+        from toremi.noise import NoiseConfig
+
+        from_dict(NoiseConfig, {"tokens": x, "out": x, **p.noise}, "pipeline.noise.")
+    from toremi.evaluate.cli import EvalConfig
+
+    from_dict(EvalConfig, {**nest(cfg.eval), "run": x, "corpus": None}, "eval.")
+    for m in cfg.methods:
+        train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -147,10 +175,28 @@ def is_finished(run_dir: Path) -> bool:
         and read_json(info).get("status") == "done"
 
 
+def run_ref(value, cfg: ExperimentConfig, method: MethodSpec, seed: int):
+    """``{run:LABEL}`` -> the run dir of method LABEL (listed earlier) with the same seed, so a
+    method can use another's finished run (DoReMi: reference -> proxy -> main)."""
+    if not isinstance(value, str) or "{run:" not in value:
+        return value
+    import re
+
+    labels = [m.name for m in cfg.methods]
+
+    def sub(match):
+        label = match.group(1)
+        if label not in labels[:labels.index(method.name)]:
+            raise ConfigError(f"methods[{method.name}]: {{run:{label}}} must name a method listed "
+                              f"before it; listed before: {labels[:labels.index(method.name)]}")
+        return str(Path(cfg.out) / "runs" / f"{label}-s{seed}")
+    return re.sub(r"\{run:([^}]+)\}", sub, value)
+
+
 def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: Path, run_dir: Path):
     from toremi.train import TrainConfig
 
-    data = nest({**flat(cfg.train), **flat(method.train)})
+    data = nest({k: run_ref(v, cfg, method, seed) for k, v in {**flat(cfg.train), **flat(method.train)}.items()})
     data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
     if method.data_seed_offset:
         data["data_seed"] = seed + method.data_seed_offset

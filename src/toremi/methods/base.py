@@ -1,116 +1,175 @@
-"""Method config and base class shared by every data-mixing method.
+"""The method registry, ``MethodConfig`` and the ``Method`` base class.
 
-A method is a small stateful object. Once per update interval the trainer hands it per-topic
+A method is one module in ``toremi/methods/`` that registers itself::
+
+    @register("mymethod", options=MyOptions, interval=50)
+    class MyMethod(Method): ...
+
+Every module of the package is imported by ``toremi.methods``, so a new file joins on its own: no
+name list, ``Literal``, CLI help or trainer edit. Its options dataclass holds the options that
+belong to it (``method.mymethod.x=...``, or flat ``method.x=...`` as before); the engine options
+every method shares (interval, loss normalisation, unlabelled weight, statistic unit) live in
+``MethodConfig``.
+
+A method is a small stateful object. Once per update interval the ``Reweighter`` hands it per-topic
 statistics already summed over ranks and micro-batches (``loss_sum`` [K], ``count`` [K], float64);
 the method updates ``topic_weights`` (loss multipliers, [K]) and/or ``sampling_probs`` ([K] or
-None). All state is float64 tensors plus plain Python numbers, saved by ``state_dict()``.
+None). Optional hooks: per-topic validation loss (``on_val_topics``) and per-topic losses of a
+frozen reference model (``reference_run`` set -> ``self.stats["ref_loss"]``/``["excess"]``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Literal, Optional
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
 
+from toremi.config import ConfigError, _coerce, from_dict, to_dict
 from toremi.methods import rules
-
-METHODS = ("uniform", "stratified", "odm", "toremi", "toremi-sampling", "oracle")
-
-# Values a preset gives to the options left unset (None). Anything set explicitly wins.
-PRESETS = {
-    # The paper's additive rule; Stage 2 is its mirror (the paper's own Stage-2 formula is not
-    # available); switch after 7/8 of training, like the authors' 7,000 of 8,000 steps.
-    "paper": dict(rule="additive", interval=100, alpha=1.0, beta=5.0, gamma=0.1, switch="fraction",
-                  switch_fraction=0.875, loss_norm="weighted_mean", min_stage2_updates=10),
-    # The authors' code: relative multiplicative rule, clamps [0.1, 5.0], N=100, switch at step
-    # 7,000, loss = mean_i(s_i l_i) (not divided by Σ s_i). Their defects (absent topic -> loss 0,
-    # unlabelled weight 0, no cross-rank sync, weights lost on resume) are NOT reproduced; the
-    # first two are available as options (absent=zero, unlabelled_weight=0).
-    "authors": dict(rule="multiplicative", interval=100, beta=5.0, gamma=0.1, switch="step",
-                    switch_step=7000, loss_norm="mean", min_stage2_updates=10),
-}
-DEFAULT_INTERVAL = {"uniform": 100, "stratified": 100, "odm": 1}
 
 
 @dataclass
+class MethodInfo:
+    name: str
+    cls: type
+    options: type | None  # dataclass of the method's own options, or None
+    interval: int         # default update interval (optimizer steps)
+    summary: str
+
+
+REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(name: str, options: type | None = None, interval: int = 100):
+    """Class decorator: make ``cls`` available as ``method.name=<name>``."""
+    def deco(cls):
+        old = REGISTRY.get(name)
+        if old is not None and old.cls.__qualname__ != cls.__qualname__:
+            raise ValueError(f"method {name!r} is registered twice ({old.cls.__module__}, {cls.__module__})")
+        REGISTRY[name] = MethodInfo(name, cls, options, interval, (cls.__doc__ or "").strip().split("\n")[0])
+        return cls
+    return deco
+
+
+def method_info(name: str) -> MethodInfo:
+    import toremi.methods  # noqa: F401  (imports every method module, which registers it)
+
+    if name not in REGISTRY:
+        raise ConfigError(f"method.name={name!r}: unknown method; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _option_names(info: MethodInfo) -> dict[str, str]:
+    """Accepted key -> field name (fields plus the options class's ``ALIASES``)."""
+    if info.options is None:
+        return {}
+    names = {f.name: f.name for f in dataclasses.fields(info.options)}
+    return {**names, **getattr(info.options, "ALIASES", {})}
+
+
+COMMON = ("name", "interval", "loss_norm", "unlabelled_weight", "stat_unit")
+
+
+@dataclass(init=False)
 class MethodConfig:
-    """Every choice of every method is a named option; unset (None) options come from the preset.
+    """Engine options shared by every method, plus ``options``: the chosen method's own dataclass.
 
     loss_norm: ``weighted_mean`` (default) trains on Σ s_i l_i / Σ s_i over the *global* batch, so
     the weights move emphasis between topics without changing the step size. ``mean`` (authors)
     uses Σ s_i l_i / N: the gradient scales with the mean weight, i.e. the effective learning rate
-    is multiplied by mean(s) (up to 5x with the authors' clamp), which confounds reweighting with
-    a learning-rate change.
+    is multiplied by mean(s), which confounds reweighting with a learning-rate change.
+    stat_unit: a topic's loss is mean NLL per target token (the paper), or per UTF-8 byte of the
+    targets. Per byte does not reward text that breaks into many cheap tokens (character-shuffled
+    noise, whose per-token loss is LOW), so noise stays visible.
+    Unset (None) values come from the method (its default interval, or its preset).
     """
 
-    name: Literal["uniform", "stratified", "odm", "toremi", "toremi-sampling", "oracle"] = "uniform"
-    preset: Optional[Literal["paper", "authors"]] = None  # toremi*: defaults to "paper"
+    name: str = "uniform"
     interval: Optional[int] = None        # optimizer steps between updates (stats all-reduce)
-    rule: Optional[Literal["additive", "multiplicative"]] = None
-    alpha: Optional[float] = None         # additive step size
-    beta: Optional[float] = None          # upper clamp
-    gamma: Optional[float] = None         # lower clamp (Stage 2)
-    below_mean: Literal["keep", "reset"] = "keep"  # Stage 1, topics at/below the mean loss
-    switch: Optional[Literal["never", "step", "fraction", "plateau"]] = None
-    switch_step: Optional[int] = None
-    switch_fraction: Optional[float] = None
-    plateau_delta: float = 0.01           # switch when val loss improves by < delta (relative)
-    # A "step"/"fraction" switch is moved earlier if needed so that Stage 2 gets at least this many
-    # updates (at most half of all updates). The authors' Stage 2 is 10 updates long (steps
-    # 7,000-8,000 at N=100); a short run with the 7/8 switch would get 1-2, too few to act.
-    min_stage2_updates: Optional[int] = None
-    absent: Literal["keep", "zero"] = "keep"  # topic absent from an interval: keep its weight
-    unlabelled_weight: float = 1.0        # weight of samples with no topic (authors: 0)
     loss_norm: Optional[Literal["weighted_mean", "mean"]] = None
-    # What "a topic's loss" means for the update: mean NLL per target token (the paper), or per
-    # UTF-8 byte of the targets. Per byte does not reward text that breaks into many cheap tokens
-    # (e.g. character-shuffled noise, whose per-token loss is LOW), so noise stays visible.
+    unlabelled_weight: float = 1.0        # weight of samples with no topic (authors: 0)
     stat_unit: Literal["token", "byte"] = "token"
-    tau: float = math.inf                 # stratified: p ∝ n^(1/tau); inf = uniform over topics
-    odm_smoothing: float = 0.9            # ODM reward moving-average factor
-    oracle_topic: int = 0                 # oracle (positive control): topic index to up-weight
-    oracle_factor: float = 3.0            # oracle: that topic's loss weight
+    opts: Any = None                      # the method's options dataclass (YAML: method.<name>)
 
-    def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"method.name={self.name!r}: choose one of {list(METHODS)}")
-        if self.name.startswith("toremi"):
-            self.preset = self.preset or "paper"
-            for key, value in PRESETS[self.preset].items():
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
-        elif self.preset is not None:
-            raise ValueError(f"method.preset={self.preset!r} only applies to toremi methods")
-        fill = dict(interval=DEFAULT_INTERVAL.get(self.name, 100), rule="additive", alpha=1.0,
-                    beta=5.0, gamma=0.1, switch="never", switch_step=0, switch_fraction=1.0,
-                    loss_norm="weighted_mean", min_stage2_updates=0)
-        for key, value in fill.items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+    def __init__(self, name: str = "uniform", interval: Optional[int] = None, loss_norm: Optional[str] = None,
+                 unlabelled_weight: float = 1.0, stat_unit: str = "token", opts: Any = None, **flat):
+        info = method_info(name)
+        data = to_dict(opts) if dataclasses.is_dataclass(opts) else dict(opts or {})
+        accepted = _option_names(info)
+        for key, value in flat.items():  # flat keys (method.alpha=...) as before the registry
+            if key not in accepted:
+                owners = sorted(n for n, i in REGISTRY.items() if key in _option_names(i))
+                if owners:
+                    raise ConfigError(f"method.{key} is an option of method {' / '.join(owners)}, not of "
+                                      f"method.name={name!r}")
+                raise ConfigError(f"unknown config key method.{key}; valid keys: "
+                                  f"{['method.' + k for k in COMMON]}, options of method {name!r}: "
+                                  f"{sorted(accepted) or 'none'}")
+            data[accepted[key]] = value
+        if info.options is None and data:
+            raise ConfigError(f"method {name!r} takes no options, got {sorted(data)}")
+        self.name = name
+        self.opts = from_dict(info.options, data, prefix=f"method.{name}.") if info.options else None
+        defaults = self.opts.common_defaults() if hasattr(self.opts, "common_defaults") else {}
+        hints = typing.get_type_hints(MethodConfig)
+        given = dict(interval=interval, loss_norm=loss_norm, unlabelled_weight=unlabelled_weight,
+                     stat_unit=stat_unit)
+        for key, value in given.items():
+            setattr(self, key, None if value is None else _coerce(value, hints[key], f"method.{key}"))
+        self.interval = self.interval or defaults.get("interval") or info.interval
+        self.loss_norm = self.loss_norm or defaults.get("loss_norm") or "weighted_mean"
         if self.interval < 1:
-            raise ValueError(f"method.interval must be >= 1, got {self.interval}")
-        if not 0 < self.gamma <= 1 <= self.beta:
-            raise ValueError(f"need 0 < gamma <= 1 <= beta, got gamma={self.gamma} beta={self.beta}")
-        if self.min_stage2_updates < 0 or self.oracle_factor <= 0:
-            raise ValueError("method.min_stage2_updates must be >= 0 and method.oracle_factor > 0")
+            raise ConfigError(f"method.interval must be >= 1, got {self.interval}")
         if self.unlabelled_weight < 0:
-            raise ValueError("method.unlabelled_weight must be >= 0")
+            raise ConfigError("method.unlabelled_weight must be >= 0")
+
+    def __getattr__(self, key: str):
+        """``cfg.alpha`` reads the method's option (the flat access of earlier versions)."""
+        opts = self.__dict__.get("opts")
+        if opts is not None and key in _option_names(REGISTRY[self.__dict__["name"]]):
+            return getattr(opts, _option_names(REGISTRY[self.name])[key])
+        raise AttributeError(f"method {self.__dict__.get('name')!r} has no option {key!r}")
+
+    @classmethod
+    def from_config_dict(cls, data: dict, prefix: str = "method.") -> "MethodConfig":
+        """YAML/CLI: ``{name, interval, ..., <name>: {options}}``; flat option keys also work."""
+        data = dict(data)
+        name = data.pop("name", "uniform")
+        method_info(name)
+        common = {k: data.pop(k) for k in COMMON[1:] if k in data}
+        section = data.pop(name, None)
+        section = dict(data.pop("options", None) or {}, **(section or {}))
+        for key, value in data.items():
+            if key in REGISTRY and isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: these are options of method {key!r}, but "
+                                  f"{prefix}name is {name!r}")
+        return cls(name=name, opts=section, **common, **data)
+
+    def to_config_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in COMMON}
+        if self.opts is not None:
+            out[self.name] = to_dict(self.opts)
+        return out
 
     def options(self) -> dict:
-        return asdict(self)
+        """Flat record of every option the run used (run.json, checkpoint compatibility)."""
+        return {**{k: getattr(self, k) for k in COMMON}, **(to_dict(self.opts) if self.opts else {})}
 
 
 class Method:
     """Base: uniform weights, natural sampling; subclasses override ``_update``."""
 
     uses_sampling = False
+    reference_run: str | None = None  # set -> the Reweighter feeds reference-model losses
 
     def __init__(self, cfg: MethodConfig, num_topics: int, total_steps: int,
                  topic_counts: Tensor | None = None):
-        self.cfg, self.num_topics, self.total_steps = cfg, num_topics, total_steps
+        self.cfg, self.opts = cfg, cfg.opts
+        self.num_topics, self.total_steps = num_topics, total_steps
         counts = torch.ones(num_topics, dtype=torch.float64) if topic_counts is None else topic_counts
         self.present = torch.as_tensor(counts, dtype=torch.float64) > 0
         self.topic_counts = torch.as_tensor(counts, dtype=torch.float64)
@@ -118,6 +177,7 @@ class Method:
         self.probs: Tensor | None = None
         self.stage = 1
         self.updates = 0
+        self.stats: dict[str, Tensor] = {}
 
     @property
     def topic_weights(self) -> Tensor:
@@ -128,23 +188,34 @@ class Method:
     def sampling_probs(self) -> Tensor | None:
         return self.probs
 
-    def update(self, step: int, loss_sum: Tensor, count: Tensor) -> dict:
-        """Read one interval's statistics, update, and return the weights.jsonl record."""
+    def update(self, step: int, loss_sum: Tensor, count: Tensor, **stats: Tensor) -> dict:
+        """Read one interval's statistics, update, and return the weights.jsonl record.
+        ``stats`` holds extra per-topic sums (e.g. ``ref_loss``, ``excess``) in ``self.stats``."""
         loss_sum, count = loss_sum.detach().cpu().double(), count.detach().cpu().double()
+        self.stats = {k: v.detach().cpu().double() for k, v in stats.items()}
         self._update(step, loss_sum, count)
         self.updates += 1
         mean, seen = rules.topic_mean_loss(loss_sum, count)
         probs = self.sampling_probs
-        return {"step": step, "stage": self.stage, "weights": self.weights.tolist(),
-                "probs": None if probs is None else probs.tolist(),
-                "topic_loss": [float(x) if s else None for x, s in zip(mean.tolist(), seen.tolist())],
-                "topic_count": count.tolist()}
+        rec = {"step": step, "stage": self.stage, "weights": self.weights.tolist(),
+               "probs": None if probs is None else probs.tolist(),
+               "topic_loss": [float(x) if s else None for x, s in zip(mean.tolist(), seen.tolist())],
+               "topic_count": count.tolist()}
+        rec.update(self.record_extra())
+        return rec
 
     def _update(self, step: int, loss_sum: Tensor, count: Tensor) -> None:
         pass
 
+    def record_extra(self) -> dict:
+        """Extra fields for this update's weights.jsonl record (diagnosis, averages...)."""
+        return {}
+
     def on_eval(self, step: int, val_loss: float) -> None:
         """Called after each evaluation (used by the plateau stage switch)."""
+
+    def on_val_topics(self, step: int, topic_loss: Tensor) -> None:
+        """Per-topic validation loss [K] (NaN where the val split has no such topic), each eval."""
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.clone(), "probs": None if self.probs is None else self.probs.clone(),

@@ -3,13 +3,28 @@ reward is the training loss, so topics the model still finds hard are sampled mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from toremi.methods import rules
-from toremi.methods.base import Method
+from toremi.methods.base import Method, register
 
 
+@dataclass
+class ODMOptions:
+    smoothing: float = 0.9  # reward moving-average factor
+    ALIASES = {"odm_smoothing": "smoothing"}  # the flat key of earlier versions
+
+    def __post_init__(self):
+        if not 0 <= self.smoothing < 1:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+
+
+@register("odm", options=ODMOptions, interval=1)
 class ODM(Method):
+    """EXP3 bandit over topics, reward = training loss (Albalak et al. 2023)."""
+
     uses_sampling = True
 
     def __init__(self, *args, **kwargs):
@@ -21,7 +36,7 @@ class ODM(Method):
     def _update(self, step, loss_sum, count):
         self.reward, self.probs = rules.exp3_update(
             self.reward, self.probs, loss_sum, count, t=self.updates + 1,
-            smoothing=self.cfg.odm_smoothing, present=self.present)
+            smoothing=self.opts.smoothing, present=self.present)
 
     def _extra_state(self):
         return {"reward": self.reward.clone()}

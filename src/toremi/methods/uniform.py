@@ -1,7 +1,8 @@
 """Uniform: the natural data distribution, every sample weighs 1 (per-topic loss still logged)."""
 
-from toremi.methods.base import Method
+from toremi.methods.base import Method, register
 
 
+@register("uniform", interval=100)
 class Uniform(Method):
-    pass
+    """The natural data distribution; every sample weighs 1."""

@@ -150,15 +150,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resume_changes(state: dict, cfg, path: Path) -> dict:
-    """``{key: [old, new]}`` of the settings changed since the checkpoint; refused ones raise."""
+def resume_changes(state: dict, cfg, path: Path, skip: tuple[str, ...] = ()) -> dict:
+    """``{key: [old, new]}`` of the settings changed since the checkpoint; refused ones raise.
+    ``skip``: key prefixes compared elsewhere (a layout-1 checkpoint's flat method options)."""
     from toremi.config import to_dict
 
     if "config" not in state:  # written before configs were checkpointed: nothing to compare
         return {}
     old, new = _flat(state["config"]), _flat(to_dict(cfg))
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith(IGNORED)}
+               if old.get(k) != new.get(k) and not k.startswith(IGNORED + skip)}
     refused = {k: v for k, v in changed.items() if not k.startswith(APPLIED)}
     if refused:
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())

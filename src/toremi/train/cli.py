@@ -32,10 +32,21 @@ def config_keys() -> str:
                 yield from walk(v, f"{prefix}{k}.")
             else:
                 yield f"  {prefix}{k}={v}"
+    import dataclasses
+
+    from toremi.methods import REGISTRY, MethodConfig
+
     defaults = to_dict(TrainConfig())
-    return "config keys (defaults; method options left None come from the preset):\n" + \
-        "\n".join(walk(defaults)) + "\n\nmethods: uniform stratified odm toremi toremi-sampling; " \
-        "presets (toremi*): paper, authors"
+    methods = []
+    for name, info in sorted(REGISTRY.items()):  # every registered method and its own options
+        try:
+            opts = to_dict(MethodConfig(name=name).opts) or {}
+        except ValueError:  # a method with required options: show the dataclass defaults
+            opts = {f.name: f.default for f in dataclasses.fields(info.options)}
+        keys = " ".join(f"{k}={v}" for k, v in opts.items()) or "none"
+        methods.append(f"  {name} (interval {info.interval}): {info.summary}\n    method.{name}.: {keys}")
+    return "config keys (defaults):\n" + "\n".join(walk(defaults)) + \
+        "\n\nmethods (method=NAME; options as method.NAME.KEY=V or method.KEY=V):\n" + "\n".join(methods)
 
 
 def parse(argv: list[str]):

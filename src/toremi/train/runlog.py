@@ -1,7 +1,9 @@
 """Run-dir logging: config.yaml, run.json, metrics.jsonl, weights.jsonl, progress bar, TB/W&B.
 
 Logs are JSON lines so that reports only read them. On resume, records past the checkpoint's step
-are dropped first, so a resumed run's logs equal those of an uninterrupted run.
+are dropped first, so a resumed run's logs equal those of an uninterrupted run. The logger writes
+the plain records it is given and changes no training state (the trainer reads and restarts the
+device sums: ``Trainer.window_metrics``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 import toremi
 from toremi.config import save_config, to_dict
 from toremi.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
-from toremi.train.distributed import all_reduce_sum
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:
@@ -112,8 +113,8 @@ class RunLogger:
                 "model": {"size": t.cfg.model.size, "params": t.model.num_params(),
                           "config": to_dict(t.model.config)},
                 "device": str(t.dev), "world_size": t.d.world_size, "total_steps": t.total,
-                "tokens_per_step": t.tokens_per_step, "compile": t.fwd is not t._fwd,
-                "fused_adamw": t.fused, "resumed_from": str(t.resumed_from) if t.resumed_from else None,
+                "tokens_per_step": t.tokens_per_step, "compile": t.engine.fwd is not t.engine._fwd,
+                "fused_adamw": t.engine.fused, "resumed_from": str(t.resumed_from) if t.resumed_from else None,
                 "warnings": self._warnings()}
 
     def info(self, msg: str) -> None:
@@ -122,37 +123,22 @@ class RunLogger:
             self.pbar.write(line) if self.pbar else print(line, flush=True)
 
     # -- records --------------------------------------------------------------------------------
-    def metrics(self, step: int) -> list[float]:
-        """Read and reset the window's device sums (all ranks), write one record (rank 0)."""
-        t = self.t
-        k1 = t.K + 1
-        sums = all_reduce_sum(torch.cat([t.log_sums, t.log_tloss, t.log_tcount]), t.d).cpu()
-        bad = t.bad.cpu().tolist()
-        for acc in (t.log_sums, t.log_tloss, t.log_tcount):
-            acc.zero_()
-        t.bad[2] = 0
+    def metrics(self, record: dict) -> None:
+        """Write one metrics record (rank 0), adding throughput and elapsed time."""
+        step = record["step"]
         now = time.perf_counter()
         window = step - self.last_step
-        tps = window * t.tokens_per_step / max(now - self.last_time, 1e-9)
+        tps = window * self.t.tokens_per_step / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
         if not self.enabled:
-            return bad
-        tok_loss, toks, wloss, nsteps = sums[:4].tolist()
-        nsteps /= t.d.world_size  # every rank counted the same steps
-        tl, tc = sums[4:4 + t.K], sums[4 + k1:4 + k1 + t.K]
-        rec = {"step": step, "tokens": step * t.tokens_per_step,
-               "loss": tok_loss / toks if toks else None,
-               "weighted_loss": wloss / nsteps if nsteps else None,
-               "lr": t.sched.get_last_lr()[0], "skipped_steps": int(bad[0]),
-               "topic_loss": [float(a / b) if b > 0 else None for a, b in zip(tl.tolist(), tc.tolist())],
-               "tokens_per_s": round(tps, 1), "elapsed_s": round(now - self.start, 2)}
+            return
+        rec = {**record, "tokens_per_s": round(tps, 1), "elapsed_s": round(now - self.start, 2)}
         append_jsonl(self.metrics_path, rec)
         if self.pbar:
             self.pbar.update(step - self.pbar.n)
             self.pbar.set_postfix(loss=f"{rec['loss']:.3f}" if rec["loss"] is not None else "nan",
                                   tok_s=f"{tps:,.0f}", refresh=False)
         self._external(rec, step)
-        return bad
 
     def weights(self, record: dict, w: torch.Tensor, p: torch.Tensor | None) -> None:
         if self.t.d.enabled:
@@ -189,6 +175,6 @@ class RunLogger:
         info = read_json(self.t.run_dir / "run.json")
         done = self.t.step >= self.t.total and not reason
         info.update(status="done" if done else (reason or "incomplete"), steps_done=self.t.step,
-                    skipped_steps=int(self.t.bad[0]),
+                    skipped_steps=int(self.t.engine.bad[0]),
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         atomic_write_json(self.t.run_dir / "run.json", info)

@@ -7,7 +7,8 @@ Per step, with no host sync:
   all-reduced over ranks before the forward passes (one scalar all-reduce, no host read).
   ``loss_norm=mean`` (authors) divides by the number of samples instead, which scales the
   effective learning rate by mean(s);
-  per-topic loss sums/counts accumulate on device with ``index_add_``;
+  per-topic loss sums/counts accumulate on device with ``index_add_`` (in the ``Reweighter``, which
+  owns weights and statistics; the engine holds one);
   a non-finite gradient norm skips the update on device (fused AdamW's ``found_inf``) and is
   counted, also on device.
 
@@ -30,20 +31,22 @@ from toremi.methods import MethodConfig, rules
 from toremi.model import GPT, per_sample_loss
 from toremi.train import segments
 from toremi.train.distributed import Dist, all_reduce_sum
+from toremi.train.reweighter import Reweighter
 
 
 class StepEngine:
-    ACCUMULATORS = ("stat_loss", "stat_count", "log_tloss", "log_tcount", "log_sums")
+    ACCUMULATORS = ("log_tloss", "log_tcount", "log_sums")  # log-window sums (the stats: Reweighter)
 
-    def __init__(self, model: GPT, opt: torch.optim.Optimizer, sched, method_cfg: MethodConfig,
+    def __init__(self, model: GPT, opt: torch.optim.Optimizer, sched, method: Reweighter | MethodConfig,
                  grad_clip: float, num_topics: int, d: Dist, compile: bool = False, bf16: bool = True,
                  attention: str = "causal", stat_per: str = "segment"):
-        self.model, self.opt, self.sched, self.mcfg, self.grad_clip = model, opt, sched, method_cfg, grad_clip
+        self.model, self.opt, self.sched, self.grad_clip = model, opt, sched, grad_clip
         self.K, self.d, self.dev = num_topics, d, d.device
+        self.rw = method if isinstance(method, Reweighter) else Reweighter(num_topics, method, device=d.device, dist=d)
         self.fused = bool(opt.defaults.get("fused"))
-        # device accumulators: [K+1] (last slot = padding), interval stats and log-window stats
+        # device accumulators: [K+1] (last slot = padding), log-window stats
         z = lambda: torch.zeros(self.K + 1, dtype=torch.float64, device=self.dev)
-        self.stat_loss, self.stat_count, self.log_tloss, self.log_tcount = z(), z(), z(), z()
+        self.log_tloss, self.log_tcount = z(), z()
         self.log_sums = torch.zeros(4, dtype=torch.float64, device=self.dev)  # tok-loss, tokens, wloss, steps
         self.bad = torch.zeros(3, dtype=torch.float64, device=self.dev)  # skipped total, run, max run
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.dev.type == "cuda" and bf16
@@ -55,7 +58,7 @@ class StepEngine:
             raise ValueError(f"attention={attention!r} (causal|doc), stat_per={stat_per!r} (segment|token)")
         self.attention, self.stat_per = attention, stat_per
         self.fwd_packed = torch.compile(self._fwd_packed) if compile else self._fwd_packed
-        self.set_weights(torch.ones(self.K, dtype=torch.float64))
+        self.rw.amp = self.amp
 
     def _fwd(self, input_ids, labels, s, inv_norm):
         """Forward + weighted loss; compiled as one graph when ``compile`` is on (design.md §6)."""
@@ -71,26 +74,13 @@ class StepEngine:
         ce = segments.token_ce(logits, labels)
         return (s_tok * ce).sum() * inv_norm, ce
 
-    def statistic(self, l: torch.Tensor, n: torch.Tensor, batches: list[Batch]) -> torch.Tensor:
-        """Per-sample loss the method sees: per target token, or per target byte (stat_unit)."""
-        if self.mcfg.stat_unit == "token":
-            return l
-        if any(b.target_bytes is None for b in batches):
-            raise ValueError("method.stat_unit=byte needs target_bytes in batches (re-run prepare)")
-        nbytes = torch.cat([b.target_bytes for b in batches]).to(l.dtype)
-        return l * n / nbytes.clamp(min=1)
-
-    def set_weights(self, topic_weights: torch.Tensor) -> None:
-        self.w_dev = topic_weights.to(self.dev, torch.float32)
-
     def train_step(self, batches: list[Batch]) -> None:
         """One optimizer step over micro-batches already on the device."""
         if batches[0].seg_ids is not None:
             return self._train_step_packed(batches)
-        unl, world = self.mcfg.unlabelled_weight, self.d.world_size
-        s_all = [rules.sample_weights(self.w_dev, b.topic_ids, unl) * (b.labels != -100).any(1)
-                 for b in batches]
-        if self.mcfg.loss_norm == "mean":
+        world = self.d.world_size
+        s_all = [self.rw.sample_weights(b.topic_ids) * (b.labels != -100).any(1) for b in batches]
+        if self.rw.cfg.loss_norm == "mean":
             inv_norm = 1.0 / sum(len(s) for s in s_all)  # x world / (N x world): DDP averages ranks
         else:
             inv_norm = world / all_reduce_sum(torch.stack([s.sum() for s in s_all]).sum(), self.d).clamp(min=1e-12)
@@ -107,8 +97,7 @@ class StepEngine:
         l, n = torch.cat(ls), torch.cat(ns)
         tids = torch.cat([b.topic_ids for b in batches])
         valid = (n > 0) & torch.isfinite(l) & ok
-        l_stat = self.statistic(l, n, batches)
-        rules.accumulate_topic_stats(self.stat_loss, self.stat_count, l_stat, tids, valid)
+        l_stat = self.rw.observe_batches(l, n, valid, batches)
         rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l_stat, tids, valid)
         nv = n.double() * valid
         self.log_sums[0] += (torch.where(valid, l, 0).double() * nv).sum()
@@ -138,29 +127,45 @@ class StepEngine:
 
     def _train_step_packed(self, batches: list[Batch]) -> None:
         """Packed windows: per-token weights, per-segment statistics (toremi.train.segments)."""
-        unl, world = self.mcfg.unlabelled_weight, self.d.world_size
-        s_all = [segments.token_weights(self.w_dev, b.seg_topics, b.seg_ids, unl) for b in batches]
-        if self.mcfg.loss_norm == "mean":
+        world = self.d.world_size
+        s_all = [self.rw.token_weights(b.seg_topics, b.seg_ids) for b in batches]
+        if self.rw.cfg.loss_norm == "mean":
             norm = torch.stack([(b.seg_ids >= 0).sum() for b in batches]).sum().double()
         else:
             norm = torch.stack([s.sum() for s in s_all]).sum()
         inv_norm = world / all_reduce_sum(norm, self.d).clamp(min=1e-12)
-        stats, wloss = [], torch.zeros((), dtype=torch.float64, device=self.dev)
+        ces, wloss = [], torch.zeros((), dtype=torch.float64, device=self.dev)
         for i, (b, s) in enumerate(zip(batches, s_all)):
             sync = self.ddp.no_sync() if self.d.enabled and i < len(batches) - 1 else nullcontext()
             with sync:
                 loss, ce = self.fwd_packed(b.input_ids, b.labels, s, inv_norm.float(),
                                            b.seg_ids if self.attention == "doc" else None)
                 loss.backward()
-            stats.append(segments.segment_stats(ce, b.seg_ids, b.seg_topics.shape[0]))
+            ces.append(ce.detach())
             wloss += loss.detach().double() / world
         ok = self._optimizer_step()
-        seg_loss, seg_n = (torch.cat(x) for x in zip(*stats))
-        topics = torch.cat([b.seg_topics for b in batches])
-        nbytes = None if any(b.seg_bytes is None for b in batches) else torch.cat([b.seg_bytes for b in batches])
-        for acc in ((self.stat_loss, self.stat_count), (self.log_tloss, self.log_tcount)):
-            segments.accumulate(*acc, seg_loss, seg_n, topics, nbytes, self.mcfg.stat_unit, self.stat_per, ok)
+        seg_loss, seg_n, topics, nbytes = self.rw.observe_packed(
+            ces, batches, ok, self.stat_per, self.attention == "doc")
+        segments.accumulate(self.log_tloss, self.log_tcount, seg_loss, seg_n, topics, nbytes,
+                            self.rw.cfg.stat_unit, self.stat_per, ok)
         valid = torch.isfinite(seg_loss) & ok
         self.log_sums[0] += torch.where(valid, seg_loss, 0).sum()
         self.log_sums[1] += torch.where(valid, seg_n, 0).sum()
         self._log_step(ok, wloss)
+
+    # -- the reweighting state lives in the Reweighter; these keep older callers working -------
+    @property
+    def w_dev(self) -> torch.Tensor:
+        return self.rw.w_dev
+
+    @property
+    def stat_loss(self) -> torch.Tensor:
+        return self.rw.loss_sum
+
+    @property
+    def stat_count(self) -> torch.Tensor:
+        return self.rw.count
+
+    def set_weights(self, topic_weights: torch.Tensor) -> None:
+        """Fixed weights on the device (benchmarks); a method's own updates go via the Reweighter."""
+        self.rw.w_dev = topic_weights.to(self.dev, torch.float32)

@@ -1,9 +1,10 @@
 """The training loop shared by every method, so comparisons use the same data, model and budget.
 
-The step itself (weighted loss, on-device topic statistics, NaN skip; no host sync) is in
-``step.py``. Every ``method.interval`` steps the topic statistics are all-reduced once and the
-method updates its weights / sampling probabilities, identically on every rank. Logging,
-evaluation and checkpoints are the only other places that read device values.
+The step itself (weighted loss, NaN skip; no host sync) is in ``step.py``; all reweighting (the
+method, its device statistics and weights, the interval all-reduce) is in the ``Reweighter`` the
+engine holds. Every ``method.interval`` steps the Reweighter updates identically on every rank and
+the trainer passes new sampling probabilities to the loader. Logging, evaluation and checkpoints
+are the only other places that read device values; the logger only writes what it is given.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from toremi.data.loader import Batch, BatchLoader
 from toremi.data.shards import TokenDataset
 from toremi.config import to_dict
 from toremi.io import atomic_write_text
-from toremi.methods import build_method, rules
+from toremi.methods import rules
 from toremi.model import GPT, GPTConfig, per_sample_loss, save_hf
 from toremi.train import checkpoint
 from toremi.train.config import TrainConfig
 from toremi.train.distributed import Dist, all_reduce_sum, barrier
+from toremi.train.reweighter import Reweighter
 from toremi.train.runlog import RunLogger
 from toremi.train.step import StepEngine
+
+STATE_VERSION = 2  # train_state.pt layout; 1 = before the Reweighter (no "state_version" key)
 
 
 def lr_lambda(cfg: TrainConfig, total: int):
@@ -42,8 +46,8 @@ def lr_lambda(cfg: TrainConfig, total: int):
     return f
 
 
-class Trainer(StepEngine):
-    """Data, model, optimizer, method, logs and checkpoints around the step engine."""
+class Trainer:
+    """Data, model, optimizer, logs and checkpoints around a step engine and its Reweighter."""
 
     def __init__(self, cfg: TrainConfig, d: Dist):
         self.cfg, self.d, self.dev = cfg, d, d.device
@@ -67,20 +71,21 @@ class Trainer(StepEngine):
         o = cfg.optim
         self.opt = self.model.configure_optimizer(o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
-        self.method = build_method(cfg.method, self.K, self.total, self.topic_counts)
+        self.rw = Reweighter(self.K, cfg.method, self.total, self.topic_counts, self.dev, dist=d,
+                             data_info={"tokenizer": self.ds.manifest.get("tokenizer")})
+        self.method = self.rw.method
         data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
         self.loader = BatchLoader(self.ds, cfg.batch_size, seed=data_seed, rank=d.rank, world_size=d.world_size)
         self.step, self.stop_reason = 0, None
         self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
-        StepEngine.__init__(self, self.model, self.opt, self.sched, cfg.method, cfg.optim.grad_clip,
-                            self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"),
-                            attention=cfg.model.attention, stat_per=cfg.stat_per)
+        self.engine = StepEngine(self.model, self.opt, self.sched, self.rw, cfg.optim.grad_clip,
+                                 self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"),
+                                 attention=cfg.model.attention, stat_per=cfg.stat_per)
         self.resumed_from = self._maybe_resume()
-        self._set_weights()
+        self._set_probs()
 
-    def _set_weights(self) -> None:
-        self.set_weights(self.method.topic_weights)
+    def _set_probs(self) -> None:
         if self.method.uses_sampling and self.labelled:
             self.loader.set_topic_probs(self.method.sampling_probs)
 
@@ -89,26 +94,47 @@ class Trainer(StepEngine):
 
     # ------------------------------------------------------------------ interval work
     def update_method(self, log: RunLogger) -> None:
-        stats = all_reduce_sum(torch.cat([self.stat_loss[:self.K], self.stat_count[:self.K]]), self.d).cpu()
-        record = self.method.update(self.step, stats[:self.K], stats[self.K:])
+        """Interval end: the Reweighter all-reduces and updates; new probabilities to the loader."""
+        record = self.rw.step(self.step)
+        if record is None:
+            return
         record["tokens"] = self.step * self.tokens_per_step
         log.weights(record, self.method.topic_weights, self.method.sampling_probs)
-        self._set_weights()
-        self.stat_loss.zero_()
-        self.stat_count.zero_()
+        self._set_probs()
+
+    def window_metrics(self) -> dict:
+        """Read and restart the engine's log-window sums (all ranks): the logger's plain record."""
+        e, k1 = self.engine, self.K + 1
+        sums = all_reduce_sum(torch.cat([e.log_sums, e.log_tloss, e.log_tcount]), self.d).cpu()
+        bad = e.bad.cpu().tolist()
+        for acc in (e.log_sums, e.log_tloss, e.log_tcount):
+            acc.zero_()
+        e.bad[2] = 0
+        tok_loss, toks, wloss, nsteps = sums[:4].tolist()
+        nsteps /= self.d.world_size  # every rank counted the same steps
+        tl, tc = sums[4:4 + self.K], sums[4 + k1:4 + k1 + self.K]
+        return {"step": self.step, "tokens": self.step * self.tokens_per_step,
+                "loss": tok_loss / toks if toks else None,
+                "weighted_loss": wloss / nsteps if nsteps else None,
+                "lr": self.sched.get_last_lr()[0], "skipped_steps": int(bad[0]),
+                "topic_loss": [float(a / b) if b > 0 else None for a, b in zip(tl.tolist(), tc.tolist())],
+                "_bad_run_max": bad[2]}
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
-        """Token-weighted mean loss over (a capped prefix of) the val split, overall and per topic."""
+        """Token-weighted mean loss over (an evenly spaced capped subset of) the val split, overall
+        and per topic; the per-topic losses go to the method's validation hook."""
         if self.val is None or len(self.val) == 0:
             return None
         self.model.eval()
         bs, n = self.cfg.batch_size, len(self.val)
-        starts = list(range(0, n, bs))[: self.cfg.eval_batches]
+        # evenly spaced over the split (which is ordered by domain), so a cap keeps every topic
+        rows = np.unique(np.linspace(0, n - 1, min(n, bs * self.cfg.eval_batches)).astype(np.int64))
+        starts = list(range(0, len(rows), bs))
         sums = torch.zeros(2 * (self.K + 1) + 2, dtype=torch.float64, device=self.dev)
         for j in starts[self.d.rank::self.d.world_size]:
-            b = Batch(**self.val.gather(np.arange(j, min(j + bs, n)))).to(self.dev)
-            with self.amp:
+            b = Batch(**self.val.gather(rows[j:j + bs])).to(self.dev)
+            with self.engine.amp:
                 logits = self.model(b.input_ids)
             l, cnt = per_sample_loss(logits, b.labels)
             k1, dummy = self.K + 1, sums.new_zeros(self.K + 1)
@@ -120,18 +146,20 @@ class Trainer(StepEngine):
         sums = all_reduce_sum(sums, self.d).cpu()
         k1 = self.K + 1
         loss = float(sums[2 * k1] / sums[2 * k1 + 1].clamp(min=1))
-        self.method.on_eval(self.step, loss)
         tl, tc = sums[:self.K], sums[k1:k1 + self.K]
         topic = [float(a / b) if b > 0 else None for a, b in zip(tl.tolist(), tc.tolist())]
+        self.rw.on_eval(loss, topic, self.step)  # the method's validation hook
         return {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_loss": loss,
                 "val_ppl": math.exp(min(loss, 50)), "val_tokens": int(sums[2 * k1 + 1]),
                 "val_topic_loss": topic}
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "method": self.method.state_dict(), "loader": self.loader.state_dict(),
-                "bad": self.bad.cpu(), "accumulators": {k: getattr(self, k).cpu() for k in self.ACCUMULATORS},
+        e = self.engine
+        return {"state_version": STATE_VERSION, "step": self.step, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "reweighter": self.rw.state_dict(),
+                "loader": self.loader.state_dict(),
+                "engine": {"bad": e.bad.cpu(), **{k: getattr(e, k).cpu() for k in e.ACCUMULATORS}},
                 "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
                 "world_size": self.d.world_size, "total_steps": self.total,
                 "method_options": self.cfg.method.options(), "model_size": self.cfg.model.size,
@@ -157,9 +185,14 @@ class Trainer(StepEngine):
                              f"refuses to overwrite it: pick a new --out or use resume=auto")
         model, st = checkpoint.load(path, self.dev)
         checkpoint.check_compatible(st, self.ds.data_hash, self.ds.topic_names, path)
+        st = upgrade_state(st, path)
         for key, now in (("method_options", self.cfg.method.options()), ("model_size", self.cfg.model.size)):
-            if st.get(key, now) != now:
-                diff = {k: (st[key][k], now[k]) for k in now if st[key].get(k) != now[k]} \
+            old = st.get(key, now)
+            if isinstance(now, dict) and st.get("upgraded_from") == 1:  # pre-registry: flat, all methods
+                now = {k: v for k, v in now.items() if k in old}
+                old = {k: old[k] for k in now}
+            if old != now:
+                diff = {k: (st[key].get(k), now[k]) for k in now if st[key].get(k) != now[k]} \
                     if isinstance(now, dict) else (st[key], now)
                 raise ValueError(f"cannot resume from {path}: {key} changed (checkpoint, now): {diff}; "
                                  f"use the original settings or a new --out")
@@ -167,15 +200,15 @@ class Trainer(StepEngine):
             raise ValueError(f"{path} was written by {st['world_size']} processes, this run has "
                              f"{self.d.world_size}; resume with the same number")
         # Settings changed since the checkpoint: refused (data/model/method/batch) or applied below.
-        changed = checkpoint.resume_changes(st, self.cfg, path)
+        changed = checkpoint.resume_changes(st, self.cfg, path,
+                                            skip=("method.",) if st.get("upgraded_from") == 1 else ())
         self.model.load_state_dict(model.state_dict())
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
-        self.method.load_state_dict(st["method"])
+        self.rw.load_state_dict(st["reweighter"])  # a mid-interval checkpoint keeps partial stats
         self.loader.load_state_dict(st["loader"])
-        self.bad.copy_(st["bad"].to(self.dev))
-        for k in self.ACCUMULATORS:  # a mid-interval checkpoint keeps the partial statistics
-            getattr(self, k).copy_(st["accumulators"][k].to(self.dev))
+        for k in ("bad", *self.engine.ACCUMULATORS):
+            getattr(self.engine, k).copy_(st["engine"][k].to(self.dev))
         self.step = st["step"]
         checkpoint.set_rng_state(st["rng"])
         checkpoint.apply_optim(self.opt, self.sched, self.cfg.optim)  # changed optim settings apply
@@ -215,17 +248,18 @@ class Trainer(StepEngine):
             log.info(f"already trained {self.step} steps")
         while self.step < self.total:
             batches = self.next_batches()
-            self.train_step(batches)
+            self.engine.train_step(batches)
             self.step += 1
-            if self.step % c.method.interval == 0:
-                self.update_method(log)
+            self.update_method(log)
             last = self.step == self.total
             if self.step % c.log_every == 0 or last:
-                bad = log.metrics(self.step)
-                if bad[2] >= c.max_bad_steps:
-                    self.stop_reason = (f"stopped: {int(bad[2])} non-finite steps in a row "
-                                        f"({int(bad[0])} skipped in total); lower optim.lr or check the data")
-                    self.bad[1:] = 0
+                rec = self.window_metrics()
+                run_max = rec.pop("_bad_run_max")
+                log.metrics(rec)
+                if run_max >= c.max_bad_steps:
+                    self.stop_reason = (f"stopped: {int(run_max)} non-finite steps in a row "
+                                        f"({rec['skipped_steps']} skipped in total); lower optim.lr or check the data")
+                    self.engine.bad[1:] = 0
             if (c.eval_every and self.step % c.eval_every == 0) or last:
                 ev = self.evaluate()
                 if ev:
@@ -254,3 +288,24 @@ class Trainer(StepEngine):
             if tok.exists():
                 atomic_write_text(final / "tokenizer.json", tok.read_text())
         barrier(d)
+
+
+def upgrade_state(st: dict, path: Path) -> dict:
+    """A checkpoint written before the Reweighter (layout 1: "method" + "accumulators" at the top
+    level, flat method options) becomes layout 2; a newer layout is refused with the reason."""
+    version = st.get("state_version", 1)
+    if version == STATE_VERSION:
+        return st
+    if version != 1:
+        raise ValueError(f"cannot resume from {path}: its state layout {version} is newer than this "
+                         f"toremi's ({STATE_VERSION}); resume with the toremi that wrote it")
+    acc = st["accumulators"]
+    st = dict(st, upgraded_from=1)
+    st["reweighter"] = {"version": 1, "method": st.pop("method"), "steps": st["step"],
+                        "stats": {"loss": acc["stat_loss"], "count": acc["stat_count"]}}
+    st["engine"] = {"bad": st.pop("bad"), **{k: acc[k] for k in ("log_tloss", "log_tcount", "log_sums")}}
+    opts = dict(st["method_options"])
+    if "odm_smoothing" in opts:
+        opts["smoothing"] = opts["odm_smoothing"]
+    st["method_options"] = opts
+    return st
