@@ -29,6 +29,7 @@ from toremi.config import load_config, save_config, to_dict
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
                        sha256_json)
+from toremi.ray_cluster import EngineConfig, as_engine
 from toremi.tokenizer import Tokenizer, from_file, load_tokenizer
 
 
@@ -47,8 +48,10 @@ class PrepareConfig:
     batch_docs: int = 8192         # documents per encode_batch call (Rust-parallel)
     val_sequences_per_domain: int = 256
     bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
+    engine: EngineConfig | str = "local"  # engine.name=ray: per-shard work on Ray (prepare_ray.py)
 
     def __post_init__(self):
+        self.engine = as_engine(self.engine)
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
         if self.max_topics < 1:
@@ -191,6 +194,10 @@ def _sample_texts(shards: list[Path], mb: float):
 
 
 def prepare(cfg: PrepareConfig) -> Path:
+    if cfg.engine.name == "ray":
+        from toremi.prepare_ray import prepare_ray
+
+        return prepare_ray(cfg)
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out / "prepare.yaml")
