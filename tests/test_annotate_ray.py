@@ -179,16 +179,28 @@ def test_ray_prepare_resumes_after_the_driver_is_killed(ray_local, bbc_corpus, t
     assert_same_tokens(tmp_path / "local", out)
 
 
-def test_address_that_does_not_answer_is_one_line(tmp_path, small_corpus):
+@pytest.mark.parametrize("kind", ["silent", "ray-client", "refused"])
+def test_address_that_does_not_answer_is_one_line(tmp_path, small_corpus, kind):
+    """A port that accepts and never speaks (GCS and ray:// forms), and a refused port: one line,
+    exit 2, within about ``engine.timeout_s`` rather than Ray's minutes of retries."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)  # the kernel completes connections; nobody ever answers
+    port = sock.getsockname()[1]
+    address = {"silent": f"127.0.0.1:{port}", "ray-client": f"ray://127.0.0.1:{port}", "refused": "127.0.0.1:1"}[kind]
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "toremi.cli", "annotate", "embed", "--corpus", str(small_corpus),
-                        "--out", str(tmp_path / "a"), "engine.name=ray", "engine.address=ray://10.255.255.1:10001",
+                        "--out", str(tmp_path / "a"), "engine.name=ray", f"engine.address={address}",
                         "engine.timeout_s=3"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": SRC})
+    sock.close()
     lines = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
-    assert "engine.address=ray://10.255.255.1:10001" in lines[0] and "ray start --head" in lines[0]
-    assert time.time() - t0 < 60  # the probe gives up after engine.timeout_s, not Ray's minutes of retries
+    assert f"engine.address={address}" in lines[0] and "ray start --head" in lines[0]
+    assert ("within 3s" in lines[0]) and not (tmp_path / "a" / "embeddings").exists()
+    assert time.time() - t0 < 90  # bounded by the timeout (plus imports on a loaded machine)
 
 
 def test_ray_missing_names_the_extra(monkeypatch):

@@ -52,22 +52,34 @@ def as_engine(value) -> EngineConfig:
 
 # ---------------------------------------------------------------- connecting
 def _probe(address: str, timeout: float) -> None:
-    """A TCP connect to the head within ``timeout``: an address that does not answer is one line,
-    not minutes of Ray's own retries."""
+    """Does a Ray head answer at ``address`` within ``timeout``? The GCS and the Ray Client server
+    both speak gRPC, so an HTTP/2 preface must get a SETTINGS frame back: an address that does not
+    answer is one line, not minutes of Ray's own retries."""
     url = urlparse(address if "://" in address else f"gcs://{address}")
     host, port = url.hostname, url.port or (10001 if url.scheme == "ray" else 6379)
     if not host:
         raise EngineError(f"engine.address={address!r}: use ray://HOST:PORT, HOST:PORT or auto")
+    why = ""
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            head = sock.recv(9)
+            if len(head) < 4 or head[3] != 4:
+                why = "it is not a Ray head (no gRPC reply)"
+    except socket.timeout:
+        why = "no reply"
     except OSError as exc:
+        why = exc.strerror or str(exc)
+    if why:
         raise EngineError(f"engine.address={address}: no Ray cluster answers at {host}:{port} within "
-                          f"{timeout:g}s ({exc.strerror or exc}); start one with `ray start --head` or fix "
-                          f"the address") from None
+                          f"{timeout:g}s ({why}); start one with `ray start --head` or fix the address")
 
 
 def connect(cfg: EngineConfig):
     """Import Ray and connect (or start a local Ray); returns the ``ray`` module."""
+    if cfg.address:  # Ray core's own connection-retry warnings: the one line is ours
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -96,6 +108,7 @@ def connect(cfg: EngineConfig):
             err.append(exc)
 
     if address:  # joining a cluster spawns no processes, so a thread can bound the wait
+        logging.getLogger("ray._private.worker").setLevel(logging.ERROR)  # "SIGTERM handler not set"
         t = threading.Thread(target=init, daemon=True)
         t.start()
         t.join(cfg.timeout_s)
@@ -103,7 +116,7 @@ def connect(cfg: EngineConfig):
         init()
     if address and t.is_alive():
         raise EngineError(f"engine.address={address or 'local'}: Ray did not connect within "
-                          f"{cfg.timeout_s:g}s; check the address and that the cluster is up")
+                          f"{cfg.timeout_s:g}s; check the address and that the cluster is up (`ray start --head`)")
     if err:
         first = str(err[0]).strip().splitlines()[0] if str(err[0]).strip() else type(err[0]).__name__
         raise EngineError(f"engine.address={address or 'local'}: {first}") from None
