@@ -167,12 +167,15 @@ def stream_small(ds) -> Iterator[tuple[int, object]]:
 
 def tree_reduce(ray, ds, combine: Callable[[list], object], finish: Callable[[object], object],
                 fan_in: int = 8):
-    """Combine the results of ``map_items`` by a tree of Ray tasks; only ``finish(total)`` (a small,
+    """Combine the results of ``map_items`` with Ray tasks, streaming. Each output block is folded
+    as it is produced, and at most ``fan_in`` partials are alive at a time, so neither the object
+    store nor the driver holds all the per-shard results. Only ``finish(total)`` (a small,
     per-cluster object) comes back to the driver. ``combine`` must be associative and order-free."""
+    from ray.data.block import BlockAccessor
 
     @ray.remote(max_retries=3)
     def leaf(block) -> object:
-        return combine([pickle.loads(b) for b in block["result"]])
+        return combine([pickle.loads(b) for b in BlockAccessor.for_block(block).to_numpy("result")])
 
     @ray.remote(max_retries=3)
     def node(*parts) -> object:
@@ -182,12 +185,15 @@ def tree_reduce(ray, ds, combine: Callable[[list], object], finish: Callable[[ob
     def last(part) -> object:
         return finish(part)
 
-    refs = [leaf.remote(r) for r in ds.to_numpy_refs()]
-    if not refs:
+    pending: list = []
+    for bundle in ds.iter_internal_ref_bundles():
+        for ref in bundle.block_refs:
+            pending.append(leaf.remote(ref))
+            if len(pending) >= fan_in:
+                pending = [node.remote(*pending)]
+    if not pending:
         return finish(combine([]))
-    while len(refs) > 1:
-        refs = [node.remote(*refs[i:i + fan_in]) for i in range(0, len(refs), fan_in)]
-    return ray.get(last.remote(refs[0]))
+    return ray.get(last.remote(node.remote(*pending) if len(pending) > 1 else pending[0]))
 
 
 # ---------------------------------------------------------------- fault points (tests)
