@@ -138,39 +138,53 @@ def same_outputs(a: Path, b: Path) -> list[str]:
 
 
 def units(work: Path) -> dict:
-    """Per-unit costs on this machine (one process, the load noted)."""
+    """Per-unit costs on this machine, in CPU seconds of this process (``time.process_time``, all
+    its threads), which the load from other processes changes far less than wall time."""
+    os.environ["RAYON_NUM_THREADS"] = "1"  # tokenizers: one core, before the pool starts
     import numpy as np
     import pyarrow.parquet as pq
 
-    from toremi.annotate.cluster import ClusterConfig, fit_kmeans
+    from toremi.annotate.cluster import ClusterConfig, assign, fit_kmeans
     from toremi.annotate.embed import EmbedConfig, embed_texts, make_embedder
+    from toremi.annotate.keywords import KeywordsConfig, count_shard, load_stop_words
     from toremi.tokenizer import load_tokenizer
 
     corpus = work / "corpus-50000"
     texts = [t for p in sorted(corpus.glob("documents/*/shard-*.parquet"))[:20]
              for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()][:20000]
-    out = {"uptime_before": load(), "doc_chars_mean": round(float(np.mean([len(t) for t in texts])), 1)}
+    out = {"uptime_before": load(), "docs": len(texts),
+           "doc_chars_mean": round(float(np.mean([len(t) for t in texts])), 1)}
+
+    def cpu(fn):
+        c0, w0 = time.process_time(), time.perf_counter()
+        r = fn()
+        return r, time.process_time() - c0, time.perf_counter() - w0
+
     cfg = EmbedConfig(backend="wordllama")
     wl = make_embedder(cfg)
-    t0 = time.perf_counter()
-    emb = embed_texts(wl, texts, cfg)
-    out["wordllama_docs_per_s_1proc"] = round(len(texts) / (time.perf_counter() - t0))
+    emb, c, w = cpu(lambda: embed_texts(wl, texts, cfg))
+    out["wordllama_docs_per_cpu_s"], out["wordllama_docs_per_wall_s"] = round(len(texts) / c), round(len(texts) / w)
     st_cfg = EmbedConfig(backend="sentence-transformers", device="cpu", max_tokens=256)
     st = make_embedder(st_cfg)
-    t0 = time.perf_counter()
-    embed_texts(st, texts[:1000], st_cfg)
-    out["minilm_docs_per_s_cpu_1proc"] = round(1000 / (time.perf_counter() - t0), 1)
+    _, c, w = cpu(lambda: embed_texts(st, texts[:500], st_cfg))
+    out["minilm_cpu_docs_per_cpu_s"], out["minilm_cpu_docs_per_wall_s"] = round(500 / c, 1), round(500 / w, 1)
     rng = np.random.default_rng(0)
     x = emb[np.any(emb != 0, axis=1)]
     for n in (5000, 20000):
         sample = x[rng.choice(len(x), size=min(n, len(x)), replace=False)]
-        _, info = fit_kmeans(sample, 100, ClusterConfig(nredo=1, niter=25))
-        out[f"kmeans_fit_s_k100_nredo1_n{len(sample)}"] = info["fit_seconds"]
+        (cent, _), c, w = cpu(lambda: fit_kmeans(sample, 100, ClusterConfig(nredo=1, niter=25)))
+        out[f"kmeans_k100_nredo1_niter25_n{len(sample)}_cpu_s"] = round(c, 2)
+        out[f"kmeans_k100_nredo1_niter25_n{len(sample)}_wall_s"] = round(w, 2)
+    _, c, _ = cpu(lambda: assign(x, cent, 65536, True, None))
+    out["assign_k100_docs_per_cpu_s"] = round(len(x) / c)
+    labels = rng.integers(0, 100, len(texts)).astype(np.int32)
+    stop = load_stop_words()
+    _, c, _ = cpu(lambda: count_shard(texts, labels, 100, KeywordsConfig(), stop))
+    out["keyword_count_docs_per_cpu_s"] = round(len(texts) / c)
     tok = load_tokenizer("gpt2")
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    t0 = time.perf_counter()
-    n_tok = sum(len(x) for x in tok.encode_batch(texts))
-    out["gpt2_tokens_per_s"] = round(n_tok / (time.perf_counter() - t0))
+    ids, c, w = cpu(lambda: tok.encode_batch(texts))
+    n_tok = sum(len(i) for i in ids)
+    out["gpt2_tokens_per_cpu_s"], out["gpt2_tokens_per_wall_s"] = round(n_tok / c), round(n_tok / w)
     out["tokens_per_doc_mean"] = round(n_tok / len(texts), 1)
     tokdir = work / "run-local-50000" / "tok"
     if tokdir.exists():
