@@ -90,9 +90,9 @@ def test_checkpoint_loads_weights_only_and_planted_pickle_never_runs(tiny_tokens
 
 
 # --- 2. exit codes -----------------------------------------------------------------------------
-SLOW = ("import os, sys, time, toremi.train.trainer as t\norig = t.Trainer.train_step\n"
+SLOW = ("import os, sys, time, toremi.train.trainer as t\norig = t.StepEngine.train_step\n"
         "def slow(self, b):\n    time.sleep(float(os.environ.get('SLOW_S', '0.4')))\n    return orig(self, b)\n"
-        "t.Trainer.train_step = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+        "t.StepEngine.train_step = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

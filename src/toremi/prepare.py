@@ -30,13 +30,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from toremi import __version__, integrity
+from toremi import integrity
+from toremi import prepare_merge as merge
 from toremi.corpus.documents import iter_shards
-from toremi.config import load_config, save_config, to_dict
+from toremi.config import load_config, save_config
 from toremi.data import packing as packmod
 from toremi.data.shards import token_dtype, write_shard
-from toremi.io import (atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file,
-                       sha256_json)
+from toremi.io import atomic_path, read_json, sha256_file
+from toremi.ray_cluster import EngineConfig, as_engine
 from toremi.tokenizer import Tokenizer, check_spec, from_file, load_tokenizer
 
 
@@ -56,8 +57,10 @@ class PrepareConfig:
     val_sequences_per_domain: int = 256
     bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
     packing: Literal["none", "docs"] = "docs"  # docs: also write packed-train/ (full windows)
+    engine: EngineConfig | str = "local"  # engine.name=ray: per-shard work on Ray (prepare_ray.py)
 
     def __post_init__(self):
+        self.engine = as_engine(self.engine)
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
         if self.max_topics < 1:
@@ -216,6 +219,10 @@ def prepare(cfg: PrepareConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     integrity.verify_corpus_shards(cfg.corpus, document_shards(cfg.corpus, "train") +
                                    document_shards(cfg.corpus, "eval"))  # before any text is read
+    if cfg.engine.name == "ray":
+        from toremi.prepare_ray import prepare_ray
+
+        return prepare_ray(cfg)
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = _resolve_tokenizer(cfg)
     train_shards = document_shards(cfg.corpus, "train")
@@ -232,19 +239,8 @@ def prepare(cfg: PrepareConfig) -> Path:
     jobs = [("train", "documents", s) for s in train_shards] + [("val", "eval", s) for s in eval_shards]
     stats: list[dict] = []
     out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
-    finished = {}
     inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, INDEX_VERSION)
-    for k, (_, _, shard) in enumerate(jobs):
-        meta_path = out_bins[k].with_suffix(".meta.json")
-        meta = read_json(meta_path) if is_done(out_bins[k]) and meta_path.exists() else {}
-        why = integrity.reuse_token_shard(out_bins[k], meta, inputs[k])  # exact input match only
-        if why is None and not (cfg.packing == "none" or jobs[k][0] != "train"
-                                or out_bins[k].with_suffix(".pack.npz").exists()):
-            why = "its packed index is missing"
-        if why is None:
-            finished[k] = meta
-        elif meta:
-            print(f"toremi prepare: redoing {out_bins[k].name}: {why}", file=sys.stderr)
+    finished = merge.plan(cfg, jobs, out_bins, inputs)
     todo = [k for k in range(len(jobs)) if k not in finished]
     # Tokenize the next shard in a thread while this one is cut, indexed and written.
     pool = ThreadPoolExecutor(max_workers=1)
@@ -252,8 +248,6 @@ def prepare(cfg: PrepareConfig) -> Path:
     bar = tqdm(jobs, desc="prepare", unit="shard", disable=None)
     for k, (split, split_dir, shard) in enumerate(bar):
         out_bin = out_bins[k]
-        meta_path = out_bin.with_suffix(".meta.json")
-        source = str(shard.relative_to(cfg.corpus))
         if k in finished:
             info = finished[k]
         else:
@@ -262,11 +256,7 @@ def prepare(cfg: PrepareConfig) -> Path:
                 pending[todo[nxt]] = pool.submit(_read_and_encode, jobs[todo[nxt]][2], tok, cfg.batch_docs)
             info = _prepare_shard(pending.pop(k).result(), shard, split_dir, tok, cfg, topics,
                                   domain_ids, out_bin, token_bytes)
-            info.update(split=split, source=source, index_version=INDEX_VERSION,
-                        domain=shard.parent.name, path=str(out_bin.relative_to(cfg.out)),
-                        inputs=inputs[k], idx_sha256=integrity.file_sha256(out_bin.with_suffix(".idx.npz")))
-            atomic_write_json(meta_path, info)
-            mark_done(out_bin, {"tokens": info["tokens"]})
+            merge.record_shard(cfg, info, split, shard, out_bin, inputs[k], INDEX_VERSION)
         stats.append(info)
         bar.set_postfix(tokens=sum(s["tokens"] for s in stats))
     pool.shutdown()
@@ -301,80 +291,10 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
 
     with atomic_path(cfg.out / "documents.parquet") as tmp:
         pq.write_table(pa.table({"id": doc_ids}), tmp)
-    shards = [{"path": s["path"], "sha256": sha256_file(cfg.out / s["path"]), "split": s["split"],
-               "domain": s["domain"], "tokens": s["tokens"], "documents": s["documents"],
-               "sequences": s["sequences"], "bytes": s["bytes"]} for s in stats]
-    per_domain: dict[str, dict] = {}
-    for s in stats:
-        d = per_domain.setdefault(s["domain"], {"train": dict(documents=0, tokens=0, bytes=0),
-                                                "val": dict(documents=0, tokens=0, bytes=0)})
-        for key in ("documents", "tokens", "bytes"):
-            d[s["split"]][key] += s[key]
-    index_hashes = {split: sha256_file(cfg.out / f"index-{split}.npz") for split in parts}
-    data_hash = sha256_json([[s["sha256"] for s in shards], index_hashes, topics.names,
-                             tok.fingerprint, cfg.seq_len])
-    fills = _fills(cfg, stats, domains, data_hash)
-    manifest = {
-        "format": "toremi.tokens/1", "toremi_version": __version__,
-        "tokenizer": tok.info(), "seq_len": cfg.seq_len, "topic_names": topics.names,
-        "topics_from": cfg.topics_from, "domain_names": domains, "shards": shards,
-        "index_sha256": index_hashes, "per_domain": per_domain,
-        "sequences": {split: int(sum(len(p["offset"]) for p in items)) for split, items in parts.items()},
-        "tokens": {split: int(sum(s["tokens"] for s in stats if s["split"] == split)) for split in parts},
-        "data_hash": data_hash, "config": to_dict(cfg), "seconds": round(seconds, 2),
-        **fills,
-    }
-    atomic_write_json(cfg.out / "manifest.json", manifest)
+    sequences = {split: int(sum(len(p["offset"]) for p in items)) for split, items in parts.items()}
+    merge.write_manifest(cfg, tok, stats, [sha256_file(cfg.out / s["path"]) for s in stats], domains, topics,
+                         sequences, seconds)
     return cfg.out
-
-
-def _fills(cfg, stats, domains, data_hash) -> dict:
-    """Manifest keys ``packing``, ``fill`` (real target tokens / slots of the train windows, per
-    mode, overall and per domain) and, with packing=docs, ``packed`` (merged packed-train/ index)."""
-    with np.load(cfg.out / "index-train.npz") as z:
-        length, domain = z["length"], z["domain"]
-    real = np.bincount(domain, weights=length - 1, minlength=len(domains))
-    slots = np.bincount(domain, minlength=len(domains)) * cfg.seq_len
-    per = lambda r, n: {d: round(float(r[i] / n[i]), 4) for i, d in enumerate(domains) if n[i]}
-    out = {"packing": cfg.packing, "fill": {"none": {"overall": round(packmod.fill(real.sum(), len(length), cfg.seq_len), 4),
-                                                      "per_domain": per(real, slots)}}}
-    if cfg.packing == "none":
-        return out
-    parts, doc_base, doc_topics, doc_domain = [], 0, [], []
-    for shard_no, info in enumerate(stats):
-        pack_path = cfg.out / Path(info["path"]).with_suffix(".pack.npz")
-        if info["split"] == "train":
-            with np.load(pack_path) as z:
-                p = {k: z[k] for k in z.files}
-            doc_topics.append(p.pop("doc_topics"))
-            dom = p.pop("doc_domain")
-            doc_domain.append(dom)
-            w = len(p["offset"])
-            p["shard"] = np.full(w, shard_no, dtype=np.int32)
-            p["domain"] = np.full(w, dom[0] if len(dom) else 0, dtype=np.int16)  # one domain per shard
-            p["seg_doc"] = p["seg_doc"] + doc_base
-            parts.append(p)
-        else:  # val documents keep their global ids: pad the per-document arrays
-            doc_topics.append(np.full((info["documents"], cfg.max_topics), -1, dtype=np.int32))
-            doc_domain.append(np.full(info["documents"], domains.index(info["domain"]), dtype=np.int16))
-        doc_base += info["documents"]
-    ptr_base = np.cumsum([0] + [p["seg_ptr"][-1] for p in parts])
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in
-              ("shard", "offset", "length", "bytes", "domain", "seg_start", "seg_len", "seg_doc", "seg_bytes")}
-    merged["seg_ptr"] = np.concatenate([[0]] + [p["seg_ptr"][1:] + b for p, b in zip(parts, ptr_base)])
-    merged["doc_topics"] = np.concatenate(doc_topics)
-    merged["doc_domain"] = np.concatenate(doc_domain)
-    merged["topics"] = packmod.window_topics(merged["seg_ptr"], merged["seg_doc"], merged["doc_topics"])
-    packmod.write_packed(cfg.out / "packed-train", merged)
-    hashes = {k: sha256_file(cfg.out / "packed-train" / f"{k}.npy") for k in sorted(merged)}
-    seg_dom = merged["doc_domain"][merged["seg_doc"]]
-    real = np.bincount(seg_dom, weights=merged["seg_len"], minlength=len(domains))
-    slots = np.bincount(merged["domain"], minlength=len(domains)) * cfg.seq_len
-    out["fill"]["docs"] = {"overall": round(packmod.fill(real.sum(), len(merged["offset"]), cfg.seq_len), 4),
-                           "per_domain": per(real, slots)}
-    out["packed"] = {"windows": int(len(merged["offset"])), "segments": int(len(merged["seg_len"])),
-                     "sha256": hashes, "data_hash": sha256_json([data_hash, hashes, "packing=docs"])}
-    return out
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,8 @@
 Steps can run one by one or all together; each resumes where it stopped. Overrides are
 ``section.key=value`` over :class:`toremi.annotate.pipeline.AnnotateConfig`, for example
 ``cluster.k=20 cluster.seed=1 embed.backend=sentence-transformers label.labeller=llm
-label.llm.base_url=http://127.0.0.1:8000/v1 label.llm.model=llama3 engine=ray``.
+label.llm.base_url=http://127.0.0.1:8000/v1 label.llm.model=llama3 engine=ray`` (or
+``engine.name=ray engine.address=auto|ray://HOST:10001``; docs/scale.md).
 
 Defaults: embed.backend=wordllama (static, fast on a CPU; sentence-transformers runs fp16 on a
 GPU), cluster.k=0 (= round(sqrt(n/2)) for n non-empty documents, at most 10,000),
@@ -38,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     from toremi.annotate.pipeline import STEPS, AnnotateConfig, Annotator, summary_table
     from toremi.config import load_config
 
-    overrides = list(args.overrides) + ([f"engine={args.engine}"] if args.engine else [])
+    overrides = list(args.overrides) + ([f"engine.name={args.engine}"] if args.engine else [])
     cfg = load_config(AnnotateConfig, args.config, overrides)
+    from toremi.ray_cluster import EngineError
+
     try:
         ann = Annotator(args.corpus, args.out, cfg)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, EngineError) as exc:
         print(f"toremi annotate: {exc}")
         return 2
     from toremi.integrity import hold_lock

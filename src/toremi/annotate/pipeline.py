@@ -2,8 +2,8 @@
 annotation dir (layout in docs/ARCHITECTURE.md).
 
 Embedding, assignment, keyword counting and attribute writing are per-shard maps over plain
-picklable items, run by an engine: in-process (default) or Ray Data (``engine=ray``). Only the
-k-means fit (on a sample) and the small reductions run in the driver. Every shard output carries a
+items, run by an engine: in-process (default) or a streaming Ray Data pipeline (``engine=ray``,
+annotate/ray_engine.py) whose driver holds only the k-means sample and per-cluster aggregates. Every shard output carries a
 done marker with its row count, sha256 and the fingerprint of its inputs, so a rerun skips what is
 complete, recomputes what is corrupt or stale, and a changed upstream step invalidates the rest.
 """
@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from toremi.annotate.cluster import (ClusterConfig, assign, cluster_stats, default_k, fit_kmeans, sample_rows,
+from toremi.annotate.cluster import (ClusterConfig, assign, default_k, fit_kmeans, sample_rows,
                                      transform)
 from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_shard, make_embedder, save_npy, shard_valid
 from toremi.annotate.keywords import KeywordsConfig, count_shard, ctfidf_top, load_stop_words, merge_counts
@@ -27,6 +27,7 @@ from toremi.annotate.label import SimilarityConfig, SimilarityLabeller, TopicSet
 from toremi.annotate.llm import LLMConfig, LLMLabeller
 from toremi.config import from_dict, to_dict
 from toremi.io import atomic_path, atomic_write_json, mark_done, read_json, sha256_file, sha256_json
+from toremi.ray_cluster import EngineConfig, as_engine
 
 STEPS = ("embed", "cluster", "keywords", "label")
 
@@ -45,9 +46,11 @@ class AnnotateConfig:
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     keywords: KeywordsConfig = dataclasses.field(default_factory=KeywordsConfig)
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
-    engine: Literal["local", "ray"] = "local"
-    ray_num_cpus: int = 2
+    engine: EngineConfig | str = "local"  # engine=ray, or engine.name=ray engine.address=auto ...
     progress: bool = True
+
+    def __post_init__(self):
+        self.engine = as_engine(self.engine)
 
 
 # ---------------------------------------------------------------- per-shard maps (picklable)
@@ -117,6 +120,7 @@ def attributes_map(item: dict) -> dict:
 
 # ---------------------------------------------------------------- engines
 class LocalEngine:
+    """In-process engine. The Ray engine (annotate/ray_engine.py) has the same methods."""
     name = "local"
 
     def __init__(self, progress: bool = True):
@@ -127,12 +131,31 @@ class LocalEngine:
 
         return [fn(it) for it in tqdm(items, desc=desc, unit="shard", disable=not self.progress)]
 
+    def embed(self, shards: list[Path], outs: list[Path], cfg: EmbedConfig, parts_root: Path) -> list[dict]:
+        items = [{"doc": str(s), "out": str(o), "cfg": to_dict(cfg)} for s, o in zip(shards, outs)]
+        return self.map(embed_map, items, "embed")
+
+    def sample(self, emb_paths: list[Path], n: int, seed: int) -> tuple[np.ndarray, int]:
+        arrays = [np.load(p, mmap_mode="r") for p in emb_paths]
+        return sample_rows(arrays, n, seed), sum(int(np.any(a != 0, axis=1).sum()) for a in arrays)
+
+    def assign(self, items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        res = self.map(assign_map, items, "assign")
+        return np.sum([r["sizes"] for r in res], axis=0), np.sum([r["sums"] for r in res], axis=0)
+
+    def keywords(self, items: list[dict], k: int, cfg: KeywordsConfig) -> tuple[dict, int]:
+        terms, counts, df = merge_counts(self.map(count_map, items, "keywords"), k)
+        return ctfidf_top(terms, counts, df, cfg), len(terms)
+
+    def attributes(self, items: list[dict], table: list, topics_json: Path) -> None:
+        self.map(attributes_map, [{**it, "cluster_topics": table} for it in items], "attributes")
+
 
 def make_engine(cfg: AnnotateConfig):
-    if cfg.engine == "ray":
+    if cfg.engine.name == "ray":
         from toremi.annotate.ray_engine import RayEngine
 
-        return RayEngine(num_cpus=cfg.ray_num_cpus)
+        return RayEngine(cfg.engine)
     return LocalEngine(cfg.progress)
 
 
@@ -163,9 +186,8 @@ class Annotator:
 
     def embed(self) -> dict:
         t0 = time.perf_counter()
-        items = [{"doc": str(s), "out": str(self._p("embeddings", s, ".npy")),
-                  "cfg": to_dict(self.cfg.embed)} for s in self.shards]
-        res = self.engine.map(embed_map, items, "embed")
+        res = self.engine.embed(self.shards, [self._p("embeddings", s, ".npy") for s in self.shards],
+                                self.cfg.embed, self.out / "embeddings" / ".parts")
         info = {"shards": len(res), "rows": sum(r["rows"] for r in res),
                 "recomputed": sum(not r["skipped"] for r in res),
                 "empty_docs": sum(r.get("empty", 0) for r in res), "seconds": round(time.perf_counter() - t0, 2)}
@@ -187,12 +209,13 @@ class Annotator:
         fit_key = {"fit": sha256_json([to_dict(cfg), emb_shas])[:16]}
         fit_info = {}
         if not (cpath.exists() and shard_valid(cpath, len(np.load(cpath)), fit_key)):
-            arrays = [np.load(p, mmap_mode="r") for p in emb_paths]
-            sample = sample_rows(arrays, cfg.sample_size, cfg.seed)
-            n_nonempty = sum(int(np.any(a != 0, axis=1).sum()) for a in arrays)
+            sample, n_nonempty = self.engine.sample(emb_paths, cfg.sample_size, cfg.seed)
             k = cfg.k or default_k(n_nonempty)
+            fit_info["sample_coverage"] = round(len(sample) / n_nonempty, 6)
             center = sample.mean(0) if cfg.center else np.zeros(sample.shape[1], np.float32)
-            centroids, fit_info = fit_kmeans(transform(sample, center), k, cfg)
+            centroids, info = fit_kmeans(transform(sample, center), k, cfg)
+            fit_info = {**info, "sample_coverage": fit_info["sample_coverage"], "nonempty_docs": n_nonempty}
+            del sample
             save_npy(cpath.with_name("center.npy"), center.astype(np.float32)[None], fit_key)
             save_npy(cpath, centroids, fit_key)
         centroids_sha = sha256_file(cpath)
@@ -202,13 +225,10 @@ class Annotator:
                   "center": str(cpath.with_name("center.npy")) if cfg.center else "",
                   "chunk_rows": cfg.chunk_rows, "spherical": cfg.spherical and cfg.backend == "faiss"}
                  for s, e, sh in zip(self.shards, emb_paths, emb_shas)]
-        res = self.engine.map(assign_map, items, "assign")
-        sizes = np.sum([r["sizes"] for r in res], axis=0)
-        sums = np.sum([r["sums"] for r in res], axis=0)
+        sizes, sums = self.engine.assign(items)  # per-cluster aggregates only
         means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
         save_npy(cpath.with_name("member_means.npy"), means.astype(np.float32), {"centroids": centroids_sha})
-        labels = np.repeat(np.arange(-1, k), sizes).astype(np.int32)  # only for the stats
-        stats = cluster_stats(labels, k)
+        stats = stats_from_sizes(np.asarray(sizes), k)
         atomic_write_json(self.out / "clusters" / "stats.json", stats)
         info = {**fit_info, **{x: stats[x] for x in ("k", "empty_clusters", "singleton_clusters",
                                                     "unassigned_docs", "largest", "median_size")},
@@ -235,12 +255,10 @@ class Annotator:
             return {"skipped": True}
         items = [{"doc": str(s), "labels": str(p), "k": k, "cfg": to_dict(self.cfg.keywords)}
                  for s, p in zip(self.shards, lab_paths)]
-        parts = self.engine.map(count_map, items, "keywords")
-        terms, counts, df = merge_counts(parts, k)
-        top = ctfidf_top(terms, counts, df, self.cfg.keywords)
+        top, vocabulary = self.engine.keywords(items, k, self.cfg.keywords)
         atomic_write_json(kpath, {str(c): v for c, v in top.items()})
-        mark_done(kpath, {"inputs": key, "k": k, "vocabulary": len(terms)})
-        info = {"k": k, "vocabulary": len(terms), "clusters_without_keywords": sum(not v for v in top.values()),
+        mark_done(kpath, {"inputs": key, "k": k, "vocabulary": vocabulary})
+        info = {"k": k, "vocabulary": vocabulary, "clusters_without_keywords": sum(not v for v in top.values()),
                 "seconds": round(time.perf_counter() - t0, 2)}
         self._log("keywords", info)
         return info
@@ -284,8 +302,8 @@ class Annotator:
         topics_sha = sha256_file(self.out / "topics.json")
         table = [result[c]["topic_ids"] for c in range(len(centroids))]
         items = [{"doc": str(s), "labels": str(p), "out": str(self._p("attributes/topics", s, ".parquet")),
-                  "topics_sha": topics_sha, "cluster_topics": table} for s, p in zip(self.shards, lab_paths)]
-        self.engine.map(attributes_map, items, "attributes")
+                  "topics_sha": topics_sha} for s, p in zip(self.shards, lab_paths)]
+        self.engine.attributes(items, table, self.out / "topics.json")
         info = {"labeller": labeller.name, "fallbacks": fallbacks, "seconds": round(time.perf_counter() - t0, 2),
                 "labels_per_cluster": float(np.mean([len(r["topic_ids"]) for r in result.values()]))}
         self._log("label", info)
@@ -293,6 +311,15 @@ class Annotator:
 
     def run(self, steps=STEPS) -> dict:
         return {s: getattr(self, s)() for s in steps}
+
+
+def stats_from_sizes(sizes: np.ndarray, k: int) -> dict:
+    """``cluster_stats`` from the bincount of ``labels + 1`` (entry 0 = unassigned documents), so
+    the driver never holds one label per document."""
+    c = sizes[1:]
+    return {"k": k, "sizes": c.tolist(), "empty_clusters": int((c == 0).sum()),
+            "singleton_clusters": int((c == 1).sum()), "unassigned_docs": int(sizes[0]),
+            "largest": int(c.max(initial=0)), "median_size": float(np.median(c)) if k else 0.0}
 
 
 def summary_table(out_dir: str | Path) -> str:
