@@ -206,6 +206,25 @@ def test_flipped_token_byte_refused_by_train_then_prepare_redoes_it(tiny_corpus,
     assert verified["shards/train-00001.bin"] == man["shards"][1]["sha256"]
 
 
+def test_flipped_packed_index_byte_refused_by_train_then_prepare_rewrites_it(tiny_corpus, tmp_path):
+    args = ["--corpus", tiny_corpus, "--tokenizer", "bpe:300", "--seq-len", "32", "topics_from=domain",
+            "bpe_train_mb=0.2"]
+    tok = tmp_path / "tok"
+    toremi("prepare", "--out", tok, *args, check_rc=0)
+    seg_len = tok / "packed-train" / "seg_len.npy"
+    good = seg_len.read_bytes()
+    flip_byte(seg_len)
+    out = train_cli(tok, tmp_path / "run")
+    assert out.returncode == 2
+    line = error_line(out)
+    assert f"{seg_len}: sha256" in line and f"toremi prepare --corpus {tiny_corpus} --out {tok}" in line
+    toremi("prepare", "--out", tok, *args, check_rc=0)
+    assert seg_len.read_bytes() == good
+    train_cli(tok, tmp_path / "run", check_rc=0)
+    verified = read_json(tmp_path / "run" / "run.json")["verified_sha256"]["files"]
+    assert verified["packed-train/seg_len.npy"] == read_json(tok / "manifest.json")["packed"]["sha256"]["seg_len"]
+
+
 def test_changed_tokenizer_or_seq_len_redoes_every_shard_saying_why(tiny_corpus, tmp_path):
     out, fresh = tmp_path / "tok", tmp_path / "fresh"
     base = ["--corpus", tiny_corpus, "topics_from=domain", "bpe_train_mb=0.2"]

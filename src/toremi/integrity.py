@@ -168,7 +168,7 @@ def prepare_command(tokens_dir: Path, manifest: dict) -> str:
 
 
 def verify_tokens(tokens_dir: Path) -> dict:
-    """Hash every token shard and index of a tokens dir against its manifest.
+    """Hash every token shard and index (the packed index too) of a tokens dir against its manifest.
 
     Returns ``{"files": {relpath: sha256}, "seconds": s}`` for run.json."""
     t0 = time.perf_counter()
@@ -185,6 +185,8 @@ def verify_tokens(tokens_dir: Path) -> dict:
             _check(tokens_dir, s["path"], s.get("sha256"), rebuild, db, seen)
         for split, sha in m.get("index_sha256", {}).items():
             _check(tokens_dir, f"index-{split}.npz", sha, rebuild, db, seen)
+        for key, sha in (m.get("packed") or {}).get("sha256", {}).items():  # packing=docs
+            _check(tokens_dir, f"packed-train/{key}.npy", sha, rebuild, db, seen)
     finally:
         if db is not None:
             db.close()
