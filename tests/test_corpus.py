@@ -237,3 +237,21 @@ def test_rebuild_with_fewer_domains_prunes_the_others(tmp_path):
     assert list(m["domains"]) == ["beta"]
     assert {p.parent.name for sp in ("train", "heldout") for p in iter_shards(tmp_path / "c", sp)} == {"beta"}
     assert not (tmp_path / "c" / "documents" / "alpha.done").exists()
+
+
+def test_normalise_key_streams_yet_equals_the_joined_formula():
+    """The exact-dedupe key is fed in word batches (bounded memory for long documents); it must
+    equal the hash of " ".join(text.lower().split()) for any whitespace and casing, final sigma,
+    dotted I and separators included, whatever the batch size."""
+    import hashlib
+    import random
+
+    from toremi.corpus.dedupe import normalise_key
+
+    chars = ["a", "B", "Σ", "ς", "İ", "\u00a0", "\x1c", "\x1f", " ", "\n", "\t", "\u2028", "\u3000",
+             "Ω", "ß", "\u200b", "é"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(chars) for _ in range(rng.randint(0, 30)))
+        want = hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=16).digest()
+        assert all(normalise_key(text, b) == want for b in (1, 2, 3, 65_536)), repr(text)

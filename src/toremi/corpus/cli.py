@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                             domain_field=args.domain_field, id_field=args.id_field,
                             label_field=args.label_field, source_field=args.source_field,
                             default_domain=args.default_domain, on_error=args.on_error)
+        from toremi.corpus.stream import return_freed_memory
+
+        return_freed_memory()  # this process only ingests: let its RSS follow live memory
         try:
             ingest(opt, cfg)
         except IngestError as exc:

@@ -97,6 +97,9 @@ def _record(rec: dict, opt: IngestOptions, where: str, default_id: str) -> dict:
             "source": doc_id if rec.get(opt.source_field) is None else str(rec[opt.source_field])}
 
 
+LONG_LINE = 1 << 20
+
+
 def read_jsonl(path: Path, opt: IngestOptions, skipped: list[str]) -> Iterator[dict]:
     for f in _files(path, "*.jsonl", "*.json", "*.ndjson"):
         with open(f, "rb") as fh:
@@ -105,6 +108,8 @@ def read_jsonl(path: Path, opt: IngestOptions, skipped: list[str]) -> Iterator[d
                     continue
                 where = f"{f}:{lineno}"
                 try:
+                    if len(line) > LONG_LINE:  # decode first, then drop the bytes: 2 copies, not 3
+                        line = line.decode(json.detect_encoding(line), "surrogatepass")
                     rec = json.loads(line)
                     if not isinstance(rec, dict):
                         raise IngestError(f"{where}: expected a JSON object per line, got "

@@ -49,7 +49,8 @@ class Spill:
 
     def flush(self) -> None:
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, SPILL_SCHEMA, compression="none", use_dictionary=False)
+            self.writer = pq.ParquetWriter(self.path, SPILL_SCHEMA, compression="none", use_dictionary=False,
+                                           write_statistics=False)  # min/max of long texts: copies
         if self.rows:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=SPILL_SCHEMA))
         self.rows, self.bytes = [], 0
@@ -164,6 +165,25 @@ class ShardWriter:
     def abort(self) -> None:
         if self.stack is not None:
             self.stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def return_freed_memory() -> None:
+    """Let freed large buffers go back to the OS at once, so peak RSS follows live memory.
+
+    glibc raises its mmap threshold after a large free (then keeps later megabyte buffers in a heap
+    it rarely trims) and Arrow's jemalloc pool keeps freed pages for a while; with one 20 MB
+    document, the line, its decoded text and its pieces then stay resident long after use
+    (bench/ingest.py). Fixing the threshold at 1 MB and using the system pool for Arrow makes
+    peak RSS follow live memory. Best effort: a no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def scratch_dir(out: Path, name: str) -> Path:
