@@ -93,7 +93,7 @@ MUTANTS = [
            ("tests/test_guards_resume.py::test_plateau_switch_through_the_trainer_and_across_resume",)),
     Mutant("stat_unit=byte ignored (packed step)", "train/reweighter.py",
            "unit = self.cfg.stat_unit", 'unit = "token"',
-           ("tests/test_guards_trainer.py::test_topic_statistic_unit_end_to_end",)),
+           ("tests/test_guards_trainer.py::test_topic_statistic_unit_packed",)),
     Mutant("stat_unit=byte ignored (per-sample step)", "train/reweighter.py",
            'if self.cfg.stat_unit == "token":\n            return l', "if True:\n            return l",
            ("tests/test_guards_trainer.py::test_topic_statistic_unit_end_to_end",)),

@@ -104,6 +104,21 @@ def test_topic_statistic_unit_end_to_end(unit, tiny_tokens, tmp_path, monkeypatc
         assert all(g < 5 for g in w[0]["topic_loss"] if g is not None)
 
 
+def test_topic_statistic_unit_packed(tiny_tokens, tmp_path):
+    """Packed windows (the default): the same run per token and per byte differ by the topic's
+    bytes per target token; the first update sees the same model, so the ratio is exact."""
+    recs = {}
+    for unit in ("token", "byte"):
+        train(cfg(tiny_tokens, tmp_path / unit, "steps=1", "method.name=toremi", f"method.stat_unit={unit}",
+                  "method.interval=1", "stat_per=token"))
+        recs[unit] = read_jsonl(tmp_path / unit / "weights.jsonl")[0]
+    tok, byt = recs["token"]["topic_loss"], recs["byte"]["topic_loss"]
+    ratios = [t / b for t, b in zip(tok, byt) if t is not None]
+    assert ratios and all(r > 1.5 for r in ratios), f"per-token / per-byte topic loss {ratios}"
+    # count = target bytes per byte, target tokens per token
+    assert all(cb > ct for ct, cb in zip(recs["token"]["topic_count"], recs["byte"]["topic_count"]) if ct)
+
+
 # --------------------------------------------------------------------------- unlabelled / absent
 @pytest.fixture(scope="module")
 def unlabelled_tokens(tiny_corpus, tmp_path_factory):
