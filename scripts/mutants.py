@@ -119,7 +119,7 @@ MUTANTS = [
 
 
 MUTMUT_PATHS = ["src/toremi/methods/", "src/toremi/train/step.py", "src/toremi/train/reweighter.py", "src/toremi/data/loader.py",
-                "src/toremi/evaluate/__init__.py", "src/toremi/evaluate/downstream.py"]
+                "src/toremi/evaluate/scoring.py", "src/toremi/evaluate/model_io.py", "src/toremi/evaluate/downstream.py"]
 MUTMUT_TESTS = ["tests/test_methods.py", "tests/test_guards_methods.py", "tests/test_guards_step.py", "tests/test_data.py",
                 "tests/test_eval.py"]
 
