@@ -73,10 +73,10 @@ MUTANTS = [
            "n_cont.append(min(len(k), len(windows[-1]) - 1))",
            "n_cont.append(min(len(k) + 1, len(windows[-1]) - 1))",
            ("tests/test_eval.py::test_piqa_matches_lm_evaluation_harness",)),
-    Mutant("a PNG in the report cut to 200 bytes", "report.py",
+    Mutant("a PNG in the report cut to 200 bytes", "report/html.py",
            "base64.b64encode((out / name).read_bytes())", "base64.b64encode((out / name).read_bytes()[:200])",
            ("tests/test_report.py::test_every_figure_decodes_fully",)),
-    Mutant("a PNG file on disk cut to 200 bytes", "report.py",
+    Mutant("a PNG file on disk cut to 200 bytes", "report/figures.py",
            "ax.legend(fontsize=7, loc=\"best\")\n    fig.tight_layout()\n    fig.savefig(path, dpi=90)\n",
            "ax.legend(fontsize=7, loc=\"best\")\n    fig.tight_layout()\n    fig.savefig(path, dpi=90)\n"
            "    Path(path).write_bytes(Path(path).read_bytes()[:200])\n",
@@ -119,7 +119,7 @@ MUTANTS = [
 
 
 MUTMUT_PATHS = ["src/toremi/methods/", "src/toremi/train/step.py", "src/toremi/train/reweighter.py", "src/toremi/data/loader.py",
-                "src/toremi/evaluate/__init__.py", "src/toremi/evaluate/downstream.py"]
+                "src/toremi/evaluate/scoring.py", "src/toremi/evaluate/model_io.py", "src/toremi/evaluate/downstream.py"]
 MUTMUT_TESTS = ["tests/test_methods.py", "tests/test_guards_methods.py", "tests/test_guards_step.py", "tests/test_data.py",
                 "tests/test_eval.py"]
 

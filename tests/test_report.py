@@ -174,3 +174,33 @@ def test_report_renders_in_chromium(runs, tmp_path):
     assert res["errors"] == []
     assert res["n"] == len(pngs) and res["ok"] == len(pngs), res
     assert min(res["widths"]) > 200 and res["tables"] >= 4
+
+
+def test_untrusted_names_are_escaped(runs, tmp_path):
+    """Run names, method labels and topic names come from files anyone can write: the page shows
+    them as text (Jinja2 autoescape), in the tables, the diagnosis table and the config dumps."""
+    from toremi.report.html import bold_segments
+
+    _, dirs = runs
+    evil = "<img src=x onerror=alert(1)>"
+    src = next(d for d in dirs if d.name.startswith("toremi-paper"))
+    run = tmp_path / f"run{evil}"
+    shutil.copytree(src, run)
+    info = json.loads((run / "run.json").read_text())
+    info.update(method="<script>alert(1)</script>", method_options={"name": "<script>x</script>"},
+                topic_names=[f"<b>{t}</b>" for t in TOPICS])
+    (run / "run.json").write_text(json.dumps(info))
+    recs = [json.loads(x) for x in (run / "weights.jsonl").read_text().splitlines()]
+    for r in recs:  # a noise-aware run's diagnosis fields: the per-topic table shows topic names
+        r.update(diagnosis=["easy"] * len(TOPICS), level=[1.0] * len(TOPICS), slope=[0.0] * len(TOPICS))
+    (run / "weights.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "rep"
+    base = next(d for d in dirs if d.name.startswith("uniform"))
+    assert report_main(["--runs", str(base), str(run), "--out", str(out), "--title", "<i>t</i>"]) == 0
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "<img src=x" not in page and "<b>Business" not in page
+    assert "<i>" not in page and "&lt;i&gt;t&lt;/i&gt;" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the label, as text
+    assert f"Topic diagnosis: run&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<td>&lt;b&gt;Business&lt;/b&gt;</td>" in page
+    assert bold_segments("a **b** c **d") == [("a ", False), ("b", True), (" c **d", False)]

@@ -14,7 +14,8 @@ Two levels, chosen by the input:
 - ``--tokens DIR`` (kind ``tokens``): copies a prepared tokens dir and replaces every token of the
   topic's training sequences (except ``<|endoftext|>``) by a uniformly random token id; the index
   is unchanged, so no re-tokenization is needed. The manifest's shard hashes and ``data_hash`` are
-  updated so that runs on noisy data never pass for runs on clean data.
+  updated (by ``prepare_merge.write_derived_manifest``: prepare owns that format) so that runs on
+  noisy data never pass for runs on clean data.
 - ``--tokens DIR`` with kinds ``chars``/``words``: the corpus route on the corpus the tokens were
   prepared from (into ``<out>/corpus``), then ``prepare`` with the same settings and the same
   tokenizer file into ``<out>``.
@@ -37,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from toremi.config import ConfigError, from_dict, load_config, to_dict
-from toremi.io import (atomic_path, atomic_write_json, done_marker, mark_done, read_json,
-                       sha256_file, sha256_json)
+from toremi.io import atomic_path, atomic_write_json, read_json, sha256_file
 
 
 @dataclass
@@ -108,6 +108,8 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    from toremi.corpus.build import write_derived_manifest as write_corpus_manifest
+
     src, out = Path(cfg.corpus), Path(cfg.out)
     ann = Path(cfg.annotations) if cfg.annotations else src / "annotations"
     if out.resolve() == src.resolve():
@@ -150,20 +152,9 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
             pq.write_table(table, tmp)
         hashes[str(p.relative_to(src))] = sha256_file(dest)
         counts[p.parent.name] = counts.get(p.parent.name, 0) + len(hit)
-        marker = p.with_name(p.name + ".done")
-        if marker.exists():
-            atomic_write_json(out / marker.relative_to(src), {"sha256": hashes[str(p.relative_to(src))]})
     info = {"level": "corpus", **to_dict(cfg), "topic_id": tid, "candidates": len(candidates),
             "corrupted": sum(counts.values()), "per_domain": counts}
-    if (src / "manifest.json").exists():
-        manifest = read_json(src / "manifest.json")
-        for s in manifest.get("shards", []):
-            key = str(Path(s.get("path", "")))
-            for rel, h in hashes.items():
-                if key == rel or key.endswith(rel) or rel.endswith(key):
-                    s["sha256"] = h
-        manifest["noise"] = info
-        atomic_write_json(out / "manifest.json", manifest)
+    write_corpus_manifest(src, out, hashes, {"noise": info})  # shard markers too
     (out / "noise_ids.txt").write_text("".join(f"{d}\n" for d in sorted(chosen)))
     atomic_write_json(out / "noise.json", info)
     log(f"noise: corrupted {info['corrupted']} of {len(candidates)} {cfg.topic} documents "
@@ -173,6 +164,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
 
 def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     from toremi.data.shards import open_shard, write_shard
+    from toremi.prepare_merge import write_derived_manifest
 
     src, out = Path(cfg.tokens), Path(cfg.out)
     if out.resolve() == src.resolve():
@@ -181,6 +173,7 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     tid = topic_id(manifest["topic_names"], cfg.topic)
     vocab, eot = manifest["tokenizer"]["vocab_size"], manifest["tokenizer"]["eot_id"]
     shutil.copytree(src, out, dirs_exist_ok=True)
+    (out / "manifest.json").unlink()  # until the shards are rewritten, out is not a complete tokens dir
     with np.load(src / "index-train.npz") as z:
         shard, offset, length, doc, topics = (z[k] for k in ("shard", "offset", "length", "doc",
                                                               "topics"))
@@ -198,16 +191,10 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
         pos = pos[tokens[pos] != eot]
         draw = rng.integers(0, vocab - 1, size=len(pos))
         tokens[pos] = (draw + (draw >= eot)).astype(tokens.dtype)  # never the EOT id
-        dest = out / manifest["shards"][s]["path"]
-        write_shard(dest, tokens)
-        manifest["shards"][s]["sha256"] = sha256_file(dest)
-        if done_marker(dest).exists():
-            mark_done(dest, {**read_json(done_marker(dest)), "sha256": manifest["shards"][s]["sha256"]})
+        write_shard(out / manifest["shards"][s]["path"], tokens)
     info = {"level": "tokens", **to_dict(cfg), "topic_id": tid, "candidates": int(flagged.sum()),
             "corrupted_docs": len(chosen), "corrupted_sequences": int(len(rows))}
-    manifest["noise"] = info
-    manifest["data_hash"] = sha256_json([manifest.get("data_hash"), info])
-    atomic_write_json(out / "manifest.json", manifest)
+    write_derived_manifest(manifest, out, info, rewritten=[int(s) for s in np.unique(shard[rows])])
     atomic_write_json(out / "noise.json", info)
     log(f"noise: randomised {len(rows)} sequences of {len(chosen)} {cfg.topic} documents -> {out}")
     return info
@@ -220,6 +207,7 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
     from dataclasses import replace
 
     from toremi.prepare import PrepareConfig, prepare
+    from toremi.prepare_merge import write_derived_manifest
 
     src, out = Path(cfg.tokens), Path(cfg.out)
     if out.resolve() == src.resolve():
@@ -240,10 +228,8 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
     info = noisy_corpus(ncfg, log, candidates=[ids[d] for d in docs], tid=tid)
     prepare(replace(pcfg, corpus=out / "corpus", out=out, annotations=None,
                     tokenizer=str(src / "tokenizer.json")))
-    manifest = read_json(out / "manifest.json")
     info = {**info, "level": "corpus+prepare", "tokens": str(src)}
-    manifest["noise"] = info
-    atomic_write_json(out / "manifest.json", manifest)
+    write_derived_manifest(read_json(out / "manifest.json"), out, info)
     atomic_write_json(out / "noise.json", info)
     return info
 

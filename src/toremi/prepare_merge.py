@@ -7,7 +7,9 @@
   member and part by part (the held-out split's per-window domain ids excepted: the per-domain cap
   draws over them, 2 bytes a window).
 - ``write_manifest``: the packed index (``packed-train/``, also streamed: one shard's arrays at a
-  time), fills, data hashes and ``manifest.json``.
+  time), fills, data hashes and ``manifest.json``; ``write_derived_manifest``: the manifest of a
+  tokens dir another stage derived from a prepared one (``toremi noise``), so that the format of
+  ``manifest.json`` and of the shard done markers has one owner.
 
 Nothing here holds more than one shard's index at a time, so the driver's memory does not grow
 with the corpus (docs/scale.md).
@@ -24,7 +26,8 @@ import numpy as np
 from toremi import __version__, integrity
 from toremi.config import to_dict
 from toremi.data import packing as packmod
-from toremi.io import atomic_path, atomic_write_json, is_done, mark_done, read_json, sha256_file, sha256_json
+from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json, sha256_file,
+                       sha256_json)
 
 INDEX_KEYS = ("shard", "offset", "length", "bytes", "doc", "domain", "topics")
 
@@ -220,3 +223,21 @@ def write_manifest(cfg, tok, stats: list[dict], shard_sha: list[str], domains: l
         **_fills(cfg, stats, domains, data_hash),
     }
     atomic_write_json(cfg.out / "manifest.json", manifest)
+
+
+def write_derived_manifest(manifest: dict, out: Path, noise: dict, rewritten: list[int] | None = None) -> dict:
+    """``manifest.json`` of a tokens dir derived from a prepared one (``toremi noise``): ``manifest``
+    (the source's, or the one ``prepare`` just wrote into ``out``) with ``noise`` recorded. Shards
+    rewritten in place (``rewritten``: their indexes in ``shards``) get their new sha256 in the
+    manifest and in their done markers, and ``data_hash`` then changes with ``noise``, so runs on
+    the derived data never pass for runs on the clean data. Written last, as by ``prepare``."""
+    manifest = {**manifest, "shards": [dict(s) for s in manifest["shards"]], "noise": noise}
+    if rewritten is not None:
+        for s in rewritten:
+            dest = out / manifest["shards"][s]["path"]
+            manifest["shards"][s]["sha256"] = sha256_file(dest)
+            if done_marker(dest).exists():
+                mark_done(dest, {**read_json(done_marker(dest)), "sha256": manifest["shards"][s]["sha256"]})
+        manifest["data_hash"] = sha256_json([manifest.get("data_hash"), noise])
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest

@@ -71,7 +71,7 @@ def paired(runs: list[dict], baseline: str = "uniform") -> dict:
     """Per method (≠ baseline): paired Δ NLL and Δ bits/byte per domain and macro, Δ of the
     arithmetic macro perplexity (secondary), and whether the final weights equal the baseline's.
 
-    ``runs`` are ``report.load_run`` records with ``eval``. A method run without a baseline run of
+    ``runs`` are ``report.load.load_run`` records with ``eval``. A method run without a baseline run of
     the same seed is refused (EvidenceError naming the missing run)."""
     check_comparable(runs)
     evald = [r for r in runs if r.get("eval")]
@@ -172,7 +172,7 @@ def unigram_cross_entropy(tokens_dir: str | Path) -> dict:
 def regime(runs: list[dict], baseline: str, tokens_dir: str | Path | None) -> dict:
     """Where the baseline stands: its final validation loss against the unigram cross-entropy of
     the validation tokens, the model and the token budget of a run."""
-    from toremi.report import final_val_loss
+    from toremi.report.summary import final_val_loss
 
     base = [r for r in runs if r["label"] == baseline]
     uni = None

@@ -336,6 +336,27 @@ def write_manifest(out: Path, infos: dict[str, dict], config: dict, extra: dict 
     return manifest
 
 
+def write_derived_manifest(src: Path, out: Path, shard_sha: dict[str, str], extra: dict) -> dict | None:
+    """Done markers and ``manifest.json`` of a corpus another stage derived from ``src`` by
+    rewriting some of its shards (``toremi noise``): ``src``'s, with the rewritten shards' new
+    sha256 (``shard_sha``: path relative to the corpus -> sha256) and ``extra`` manifest keys.
+    Returns the manifest; None (no manifest written) when ``src`` has none."""
+    for rel, h in shard_sha.items():
+        if done_marker(src / rel).exists():
+            atomic_write_json(done_marker(out / rel), {**read_json(done_marker(src / rel)), "sha256": h})
+    if not (src / "manifest.json").exists():
+        return None
+    manifest = read_json(src / "manifest.json")
+    for s in manifest.get("shards", []):
+        key = str(Path(s.get("path", "")))
+        for rel, h in shard_sha.items():
+            if key == rel or key.endswith(rel) or rel.endswith(key):
+                s["sha256"] = h
+    manifest.update(extra)
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
 def summary(manifest: dict, wall: float | None = None) -> str:
     """A table of documents / MB / tokens per domain and split (rich if available)."""
     cols = ["domain", "train docs", "train MB", "train tokens", "heldout docs", "heldout MB",

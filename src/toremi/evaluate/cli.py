@@ -24,7 +24,6 @@ from toremi.config import ConfigError, load_config, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 
 
-
 def default_tasks() -> list[ClassifyTask]:
     return [ClassifyTask("bbc_topic", "news", "Topic"), ClassifyTask("brown_genre", "mixed", "Genre")]
 
@@ -82,7 +81,7 @@ def label_names(corpus: Path, domain: str) -> list[str]:
 
 def evaluate(cfg: EvalConfig, log=print) -> dict:
     """Evaluate one checkpoint; returns (and writes) the eval.json record."""
-    from toremi.evaluate import load_model, resolve_run
+    from toremi.evaluate.model_io import check_tokenizer_fingerprint, load_model, resolve_run
     from toremi.evaluate.downstream import classify, piqa
     from toremi.evaluate.perplexity import domain_perplexity, heldout_domains, read_heldout
     from toremi.io import atomic_write_json
@@ -99,11 +98,6 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                              f"{partial['steps_done']}); resume it with `toremi train --out {run_dir} "
                              f"...`, or pass --allow-partial to evaluate its newest checkpoint")
         model_dir, tok_path = resolve_run(run_dir)
-        if tok_path is None and (run_dir / "run.json").exists():  # a checkpoint: the run's tokens dir
-            from toremi.io import read_json
-
-            cand = Path(read_json(run_dir / "run.json").get("tokens_dir") or "") / "tokenizer.json"
-            tok_path = cand if cand.is_file() else None
     else:
         model_dir, tok_path = Path(cfg.model), None
         if cfg.tokenizer:
@@ -192,22 +186,6 @@ def unfinished(run_dir: Path) -> dict | None:
     if info.get("status") == "done":
         return None
     return {"status": info.get("status"), "steps_done": info.get("steps_done")}
-
-
-def check_tokenizer_fingerprint(model_dir: Path, spec: str) -> None:
-    """Refuse ``--tokenizer`` when it is not the one the model was trained with."""
-    from toremi import integrity
-    from toremi.evaluate import CheckpointMismatch
-    from toremi.tokenizer import from_file, gpt2
-
-    want = integrity.model_tokenizer_fingerprint(model_dir)
-    if want is None:
-        return
-    got = gpt2().fingerprint if spec == "gpt2" else from_file(Path(spec)).fingerprint
-    if got != want:
-        raise CheckpointMismatch(f"--tokenizer {spec}: fingerprint {got} differs from {want}, the "
-                                 f"tokenizer {model_dir} was trained with; pass that one (the "
-                                 f"tokenizer.json in the run's final/ folder)")
 
 
 def main(argv: list[str] | None = None) -> int:

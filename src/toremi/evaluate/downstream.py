@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.evaluate import LoadedModel, score
+from toremi.evaluate.model_io import LoadedModel
+from toremi.evaluate.scoring import score
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.evaluate import LoadedModel, score
+from toremi.evaluate.model_io import LoadedModel
+from toremi.evaluate.scoring import score
 
 
 def read_heldout(corpus_dir: Path, domain: str, max_docs: int | None = None,
