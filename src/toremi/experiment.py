@@ -22,7 +22,6 @@ from typing import Any
 
 import yaml
 
-from toremi import stats
 from toremi.config import ConfigError, from_dict, load_config, to_dict
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 
@@ -204,6 +203,7 @@ def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: P
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
+    from toremi import stats
     from toremi.report import load_run, markdown, report, summarize
 
     out = Path(cfg.out)
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="experiment YAML (see configs/quality.yaml)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. seeds=[1] out=runs/x")
     args = ap.parse_args(argv)
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)  # every section, before any work
+    from toremi import stats
+
     try:
         run_experiment(cfg)
     except (FileNotFoundError, RuntimeError, stats.EvidenceError) as exc:

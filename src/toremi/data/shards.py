@@ -12,7 +12,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from toremi.io import atomic_path, read_json, sha256_json
 
@@ -134,6 +133,7 @@ class TokenDataset:
 
     def gather(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Assemble sequences ``indices`` into padded tensors with one fancy-index per shard."""
+        import torch  # here, not at the top: `toremi prepare` writes shards without torch
         indices = np.asarray(indices, dtype=np.int64)
         width = self.seq_len + 1
         tokens = np.full((len(indices), width), self.eot_id, dtype=np.int64)
@@ -164,6 +164,7 @@ class TokenDataset:
         """Segment map of packed windows ``indices``: ``seg_ids`` [B, T] (segment of each input
         position's target, numbered over the batch; -1 = no target) and per segment ``seg_topics``
         [S, M], ``seg_bytes`` [S], ``seg_domain`` [S]. Vectorised over the CSR offsets."""
+        import torch
         p = self.pack
         lo, hi = p["seg_ptr"][indices], p["seg_ptr"][indices + 1]
         counts = hi - lo

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from toremi.lazy import lazy
 from toremi.tokenizer import Tokenizer, from_file
+
+# torch loads when a model does, not when `toremi eval`/`experiment` validates its config
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
 
 class CheckpointMismatch(ValueError):
@@ -126,7 +129,6 @@ def load_model(model_dir: Path, tokenizer: Path | str | None = None, run_dir: Pa
     return LoadedModel(model, tok, model_dir, min(max_len or n_pos, n_pos), bf16 and dev.type == "cuda")
 
 
-@torch.inference_mode()
 def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
           batch_size: int = 8, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sum of log p(target) over the last ``n_scored[i]`` targets of each window.
@@ -136,6 +138,12 @@ def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
     keeps it from influencing real positions, and its labels are -100 so it never enters the loss.
     Returns (log-likelihood float64 [N], greedy bool [N]: every scored target was the argmax).
     """
+    with torch.inference_mode():
+        return _score(lm, windows, n_scored, batch_size, progress)
+
+
+def _score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray, batch_size: int,
+           progress: str | None) -> tuple[np.ndarray, np.ndarray]:
     from tqdm import tqdm
 
     n = len(windows)

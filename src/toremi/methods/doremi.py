@@ -20,14 +20,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Optional
 
 from toremi.io import read_jsonl
-from toremi.methods import rules
+from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")  # imported when a method runs (toremi.lazy)
+rules = lazy("toremi.methods.rules")
 
 
 def doremi_update(alpha: Tensor, excess: Tensor, eta: float, smoothing: float,

@@ -74,9 +74,9 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    cfg = parse(list(sys.argv[1:] if argv is None else argv))  # validated before torch loads
     from toremi.train import train
 
-    cfg = parse(list(sys.argv[1:] if argv is None else argv))
     run_dir = train(cfg)
     print(f"run dir: {run_dir}")
     return exit_code(run_dir)
