@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from toremi.config import ConfigError, from_dict, load_config, to_dict
+from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 
 BUDGET_KEYS = ("steps", "tokens", "batch_size", "accum", "tokens_dir", "out", "seed")
@@ -67,7 +67,7 @@ class ExperimentConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"methods: duplicate names in {names}")
         for m in self.methods:
-            bad = [k for k in flat(m.train) if k.split(".")[0] in BUDGET_KEYS]
+            bad = [k for k in flatten(m.train) if k.split(".")[0] in BUDGET_KEYS]
             if bad:
                 raise ConfigError(f"methods[{m.name}].train sets {bad}: the token budget, data and "
                                   f"seed are shared by every method (set them in `train`/`seeds`)")
@@ -98,31 +98,9 @@ def validate_sections(cfg: "ExperimentConfig") -> None:
         from_dict(NoiseConfig, {"tokens": x, "out": x, **p.noise}, "pipeline.noise.")
     from toremi.evaluate.cli import EvalConfig
 
-    from_dict(EvalConfig, {**nest(cfg.eval), "run": x, "corpus": None}, "eval.")
+    from_dict(EvalConfig, {**unflatten(cfg.eval), "run": x, "corpus": None}, "eval.")
     for m in cfg.methods:
         train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
-
-
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def nest(d: dict) -> dict:
-    """{"method.preset": "x"} -> {"method": {"preset": "x"}} (dotted keys as on the CLI)."""
-    out: dict = {}
-    for key, v in flat(d).items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
 
 
 def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | None]:
@@ -195,7 +173,8 @@ def run_ref(value, cfg: ExperimentConfig, method: MethodSpec, seed: int):
 def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: Path, run_dir: Path):
     from toremi.train import TrainConfig
 
-    data = nest({k: run_ref(v, cfg, method, seed) for k, v in {**flat(cfg.train), **flat(method.train)}.items()})
+    merged = {**flatten(cfg.train), **flatten(method.train)}
+    data = unflatten({k: run_ref(v, cfg, method, seed) for k, v in merged.items()})
     data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
     if method.data_seed_offset:
         data["data_seed"] = seed + method.data_seed_offset
@@ -235,7 +214,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < (run_dir / "final" / "config.json").stat().st_mtime):
             from toremi.evaluate.cli import EvalConfig, evaluate
 
-            ecfg = from_dict(EvalConfig, {**nest(cfg.eval), "run": str(run_dir),
+            ecfg = from_dict(EvalConfig, {**unflatten(cfg.eval), "run": str(run_dir),
                                           "corpus": str(corpus) if corpus else None}, "eval.")
             evaluate(ecfg, log)
         entries.append({"label": m.name, "seed": s, "dir": str(run_dir)})

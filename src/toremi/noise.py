@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.config import ConfigError, from_dict, load_config, to_dict
+from toremi.config import ConfigError, flags_to_overrides, from_dict, load_config, to_dict
 from toremi.io import (atomic_path, atomic_write_json, done_marker, mark_done, read_json,
                        sha256_file, sha256_json)
 
@@ -257,12 +257,12 @@ def make_noise(cfg: NoiseConfig, log=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="toremi noise", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag in ("corpus", "annotations", "tokens", "out", "topic", "kind", "fraction", "seed"):
+    flags = ("corpus", "annotations", "tokens", "out", "topic", "kind", "fraction", "seed")
+    for flag in flags:
         p.add_argument(f"--{flag}")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    overrides = [f"{k}={v}" for k, v in vars(args).items()
-                 if k != "overrides" and v is not None] + args.overrides
+    overrides = flags_to_overrides(args, flags)
     defaults = {"topic": "Technology"}
     cfg = load_config(NoiseConfig, None, overrides, defaults=defaults) if args.out else None
     if cfg is None:

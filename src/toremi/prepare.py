@@ -33,7 +33,7 @@ from tqdm import tqdm
 from toremi import integrity
 from toremi import prepare_merge as merge
 from toremi.corpus.documents import iter_shards
-from toremi.config import load_config, save_config
+from toremi.config import flags_to_overrides, load_config, save_config
 from toremi.data import packing as packmod
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import atomic_path, read_json, sha256_file
@@ -307,10 +307,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    for key in ("corpus", "out", "tokenizer", "seq_len"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+    overrides = flags_to_overrides(args, ("corpus", "out", "tokenizer", "seq_len"))
     cfg = load_config(PrepareConfig, args.config, overrides)
     out = prepare(cfg)
     m = read_json(out / "manifest.json")

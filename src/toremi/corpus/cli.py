@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toremi.config import load_config
+from toremi.config import flags_to_overrides, load_config
 
 from .build import CorpusConfig, build
 from .sources import DOMAINS, SourceMissing, sources_root
@@ -48,12 +48,8 @@ def _ingest_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args, extra: list[str]) -> CorpusConfig:
-    overrides = list(args.overrides)
-    for key, value in extra:
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(CorpusConfig, args.config, overrides)
+def _config(args, flags: tuple[str, ...]) -> CorpusConfig:
+    return load_config(CorpusConfig, args.config, flags_to_overrides(args, flags))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "build":
         args = _build_parser().parse_args(rest)
-        cfg = _config(args, [("out", args.out), ("max_mb_per_domain", args.max_mb_per_domain),
-                             ("domains", args.domains), ("seed", args.seed)])
+        cfg = _config(args, ("out", "max_mb_per_domain", "domains", "seed"))
         try:
             build(cfg)
         except SourceMissing as exc:
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from .ingest import IngestError, IngestOptions, ingest
 
         args = _ingest_parser().parse_args(rest)
-        cfg = _config(args, [("out", args.out)])
+        cfg = _config(args, ("out",))
         opt = IngestOptions(input=args.input, format=args.format, text_field=args.text_field,
                             domain_field=args.domain_field, id_field=args.id_field,
                             label_field=args.label_field, source_field=args.source_field,

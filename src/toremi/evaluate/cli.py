@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toremi.config import ConfigError, load_config, to_dict
+from toremi.config import ConfigError, flags_to_overrides, load_config, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 
 
@@ -210,22 +210,21 @@ def check_tokenizer_fingerprint(model_dir: Path, spec: str) -> None:
                                  f"tokenizer.json in the run's final/ folder)")
 
 
+FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_items",
+         "batch_size", "max_len", "stride", "device", "dtype", "out")  # --max-docs N = max_docs=N
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="toremi eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with EvalConfig fields")
-    for flag in ("run", "model", "tokenizer", "corpus", "piqa", "max-docs", "max-tokens",
-                 "max-items", "batch-size", "max-len", "stride", "device", "dtype", "out"):
-        p.add_argument(f"--{flag}")
+    for flag in FLAGS:
+        p.add_argument(f"--{flag.replace('_', '-')}")
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate the newest checkpoint of an unfinished run (else refused)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. domains=[news,legal]")
     args = p.parse_args(argv)
-    overrides = [f"{k}={v}" for k, v in vars(args).items()
-                 if k not in ("config", "overrides", "allow_partial") and v is not None] + args.overrides
-    if args.allow_partial:
-        overrides.append("allow_partial=true")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = load_config(EvalConfig, args.config, flags_to_overrides(args, FLAGS + ("allow_partial",)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         evaluate(cfg)
