@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from toremi import layout
 from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 
@@ -137,7 +138,7 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
             raise ConfigError("pipeline.noise needs prepared tokens (pipeline.prepare or tokens:)")
         ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(Path(cfg.out) / "tokens-noisy"),
                                        **p.noise}, "pipeline.noise.")
-        done = Path(ncfg.out) / "noise.json"
+        done = layout.noise_record(ncfg.out)
         same = ("topic", "kind", "fraction", "seed")
         if not (done.exists() and all(read_json(done).get(k) == getattr(ncfg, k) for k in same)):
             make_noise(ncfg, log)
@@ -147,8 +148,8 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
 
 
 def is_finished(run_dir: Path) -> bool:
-    info = run_dir / "run.json"
-    return (run_dir / "final" / "config.json").exists() and info.exists() \
+    info = layout.run_info(run_dir)
+    return layout.run_final_marker(run_dir).exists() and info.exists() \
         and read_json(info).get("status") == "done"
 
 
@@ -166,7 +167,7 @@ def run_ref(value, cfg: ExperimentConfig, method: MethodSpec, seed: int):
         if label not in labels[:labels.index(method.name)]:
             raise ConfigError(f"methods[{method.name}]: {{run:{label}}} must name a method listed "
                               f"before it; listed before: {labels[:labels.index(method.name)]}")
-        return str(Path(cfg.out) / "runs" / f"{label}-s{seed}")
+        return str(layout.experiment_run(cfg.out, label, seed))
     return re.sub(r"\{run:([^}]+)\}", sub, value)
 
 
@@ -193,7 +194,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         raise ConfigError("no training data: set `tokens:` or a pipeline.prepare section")
     grid = [(m, s) for s in cfg.seeds for m in cfg.methods]  # seed-major: early seeds finish first
     # Build every config before training anything, so a typo fails in seconds, not hours.
-    configs = [train_config(cfg, m, s, tokens, out / "runs" / f"{m.name}-s{s}") for m, s in grid]
+    configs = [train_config(cfg, m, s, tokens, layout.experiment_run(out, m.name, s)) for m, s in grid]
     entries = []
     for (m, s), tcfg in zip(grid, configs):
         run_dir = Path(tcfg.out)
@@ -206,12 +207,13 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
             t0 = time.time()
             train(tcfg)
             if not is_finished(run_dir):
-                status = read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").exists() else "?"
+                info = layout.run_info(run_dir)
+                status = read_json(info).get("status") if info.exists() else "?"
                 raise RuntimeError(f"{run_dir} stopped before the end ({status}); rerun the "
                                    f"experiment to resume it")
             log(f"experiment: {run_dir.name} trained in {time.time() - t0:.0f}s")
-        ev = run_dir / "eval.json"
-        if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < (run_dir / "final" / "config.json").stat().st_mtime):
+        ev = layout.run_eval(run_dir)
+        if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime):
             from toremi.evaluate.cli import EvalConfig, evaluate
 
             ecfg = from_dict(EvalConfig, {**unflatten(cfg.eval), "run": str(run_dir),

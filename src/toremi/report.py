@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from toremi import stats
+from toremi import layout, stats
 from toremi.io import atomic_write_text, read_json, read_jsonl
 
 
@@ -36,25 +36,25 @@ def noise_of(info: dict) -> dict | None:
     if info.get("noise"):
         return info["noise"]
     tokens = Path(info.get("tokens_dir") or "")
-    if not (tokens / "manifest.json").exists():
+    if not layout.tokens_manifest(tokens).exists():
         return None
-    man = read_json(tokens / "manifest.json")
+    man = read_json(layout.tokens_manifest(tokens))
     if man.get("noise"):
         return man["noise"]
     corpus = Path((man.get("config") or {}).get("corpus") or "")
-    return read_json(corpus / "noise.json") if (corpus / "noise.json").exists() else None
+    return read_json(layout.noise_record(corpus)) if layout.noise_record(corpus).exists() else None
 
 
 def load_run(run_dir: Path, label: str | None = None, name: str | None = None) -> dict:
     run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) \
-        if (run_dir / "config.yaml").exists() else {}
-    ev = run_dir / "eval.json"
+    info = read_json(layout.run_info(run_dir)) if layout.run_info(run_dir).exists() else {}
+    config = yaml.safe_load(layout.run_config(run_dir).read_text()) \
+        if layout.run_config(run_dir).exists() else {}
+    ev = layout.run_eval(run_dir)
     return {"dir": str(run_dir), "name": name or run_dir.name, "label": label or method_label(info),
             "seed": (config or {}).get("seed"), "info": info, "config": config or {},
-            "metrics": read_jsonl(run_dir / "metrics.jsonl"),
-            "weights": read_jsonl(run_dir / "weights.jsonl"),
+            "metrics": read_jsonl(layout.run_metrics(run_dir)),
+            "weights": read_jsonl(layout.run_weights(run_dir)),
             "eval": read_json(ev) if ev.exists() else None, "noise": noise_of(info)}
 
 
@@ -417,8 +417,8 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
            labels: dict[str, str] | None = None, noisy: str | None = None,
            baseline: str = "uniform") -> Path:
     labels = labels or {}
-    runs = [load_run(d, labels.get(str(d))) for d in run_dirs if (Path(d) / "run.json").exists()
-            or (Path(d) / "metrics.jsonl").exists()]
+    runs = [load_run(d, labels.get(str(d))) for d in run_dirs if layout.run_info(d).exists()
+            or layout.run_metrics(d).exists()]
     if not runs:
         raise FileNotFoundError(f"no runs (run.json / metrics.jsonl) in {[str(d) for d in run_dirs]}")
     noisy = noisy or next((r["noise"]["topic"] for r in runs if r["noise"]), None)

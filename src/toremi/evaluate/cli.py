@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toremi import layout
 from toremi.config import ConfigError, flags_to_overrides, load_config, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 
@@ -73,8 +74,8 @@ def label_names(corpus: Path, domain: str) -> list[str]:
     import pyarrow.parquet as pq
 
     names = set()
-    for split in ("eval", "documents"):
-        for p in sorted((corpus / split / domain).glob("*.parquet")):
+    for split in ("heldout", "train"):
+        for p in sorted(layout.corpus_documents(corpus, split, domain).glob("*.parquet")):
             if "label" in pq.read_schema(p).names:
                 names |= set(pq.read_table(p, columns=["label"]).column("label").to_pylist())
     return sorted(n for n in names if n)
@@ -99,10 +100,10 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                              f"{partial['steps_done']}); resume it with `toremi train --out {run_dir} "
                              f"...`, or pass --allow-partial to evaluate its newest checkpoint")
         model_dir, tok_path = resolve_run(run_dir)
-        if tok_path is None and (run_dir / "run.json").exists():  # a checkpoint: the run's tokens dir
+        if tok_path is None and layout.run_info(run_dir).exists():  # a checkpoint: the run's tokens dir
             from toremi.io import read_json
 
-            cand = Path(read_json(run_dir / "run.json").get("tokens_dir") or "") / "tokenizer.json"
+            cand = layout.tokens_tokenizer(read_json(layout.run_info(run_dir)).get("tokens_dir") or "")
             tok_path = cand if cand.is_file() else None
     else:
         model_dir, tok_path = Path(cfg.model), None
@@ -111,7 +112,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     verified = None
     if cfg.corpus:  # every held-out shard checked before the model is even loaded
         t1 = time.perf_counter()
-        shards = sorted((Path(cfg.corpus) / "eval").glob("*/shard-*.parquet"))
+        shards = sorted(layout.corpus_documents(cfg.corpus, "heldout").glob("*/shard-*.parquet"))
         verified = {"files": integrity.verify_corpus_shards(Path(cfg.corpus), shards),
                     "seconds": round(time.perf_counter() - t1, 4)}
     lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len,
@@ -174,7 +175,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         log(f"eval: {name:<12} acc {d['acc']:.4f}  acc_norm {d['acc_norm']:.4f}  (n={d['n']}, "
             f"chance {d['chance']:.3f})")
     result["seconds"] = round(time.time() - t0, 2)
-    out = Path(cfg.out) if cfg.out else (run_dir or model_dir) / "eval.json"
+    out = Path(cfg.out) if cfg.out else layout.run_eval(run_dir or model_dir)
     atomic_write_json(out, result)
     log(f"eval: wrote {out}")
     return result
@@ -184,9 +185,9 @@ def unfinished(run_dir: Path) -> dict | None:
     """None for a finished run; else its status and step from run.json."""
     from toremi.io import read_json
 
-    rj = Path(run_dir) / "run.json"
+    rj = layout.run_info(run_dir)
     if not rj.exists():
-        return None if (Path(run_dir) / "final" / "config.json").exists() else \
+        return None if layout.run_final_marker(run_dir).exists() else \
             {"status": "no run.json", "steps_done": None}
     info = read_json(rj)
     if info.get("status") == "done":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toremi import layout
 from toremi.config import flatten, to_dict
 from toremi.model import GPT, load_hf, save_hf
 
@@ -28,11 +29,11 @@ PATTERN = re.compile(r"^step-(\d{7,})$")
 
 
 def ckpt_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+    return layout.run_checkpoint(run_dir, step)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
+    root = layout.run_checkpoints(run_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if PATTERN.match(p.name) and (p / "train_state.pt").exists()]

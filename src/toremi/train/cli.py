@@ -71,10 +71,11 @@ def exit_code(run_dir) -> int:
     """0 when run.json says done, 75 when interrupted/stopped early, 3 on a divergence stop."""
     from pathlib import Path
 
+    from toremi import layout
     from toremi.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
     from toremi.io import read_json
 
-    status = read_json(Path(run_dir) / "run.json").get("status", "")
+    status = read_json(layout.run_info(run_dir)).get("status", "")
     if status == "done":
         return EXIT_OK
     return EXIT_DIVERGED if "non-finite" in status else EXIT_INTERRUPTED
