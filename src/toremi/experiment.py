@@ -101,7 +101,11 @@ def validate_sections(cfg: "ExperimentConfig") -> None:
 
     from_dict(EvalConfig, {**unflatten(cfg.eval), "run": x, "corpus": None}, "eval.")
     for m in cfg.methods:
-        train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
+        try:
+            train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
+        except ConfigError as exc:  # `train` merged with the method's own `train`
+            raise ConfigError(f"method {m.name!r} (train: merged with methods[{m.name}].train): "
+                              f"{exc}") from None
 
 
 def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | None]:
@@ -179,7 +183,7 @@ def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: P
     data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
     if method.data_seed_offset:
         data["data_seed"] = seed + method.data_seed_offset
-    return from_dict(TrainConfig, data)
+    return from_dict(TrainConfig, data, prefix="train.")
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:

@@ -46,11 +46,24 @@ def sources_dir() -> Path:
 
 
 def piqa_dir() -> Path:
-    """PIQA: ``$TOREMI_PIQA``, else ``../shared/data/piqa`` beside the checkout or the cwd."""
+    """PIQA: ``$TOREMI_PIQA``, else ``../shared/data/piqa`` beside the checkout or the cwd, else
+    the user cache (``~/.cache/toremi/piqa``), whichever exists first. None exists: the checkout's
+    candidate in a checkout, else the user cache (named in the "missing" message)."""
     if os.environ.get("TOREMI_PIQA"):
         return Path(os.environ["TOREMI_PIQA"])
-    cands = [(b / ".." / "shared" / "data" / "piqa").resolve() for b in bases()]
-    return next((c for c in cands if c.exists()), cands[0] if cands else user_cache() / "piqa")
+    cands = [(b / ".." / "shared" / "data" / "piqa").resolve() for b in bases()] + [user_cache() / "piqa"]
+    return next((c for c in cands if c.exists()), cands[0] if checkout() else user_cache() / "piqa")
+
+
+def package_resources() -> Path:
+    """Data shipped inside the package (stop words, category list, the sources fetch script)."""
+    return Path(__file__).resolve().parent / "resources"
+
+
+def locations() -> dict[str, Path | None]:
+    """Where this install looks for what is not a stage's input (``python -m toremi.layout``)."""
+    return {"checkout": checkout(), "user_cache": user_cache(), "sources": sources_dir(),
+            "piqa": piqa_dir(), "resources": package_resources()}
 
 
 # --- corpus dir: documents/<domain>/shard-*.parquet, eval/<domain>/..., manifest.json ----------
@@ -170,3 +183,8 @@ def run_config(run: str | Path) -> Path:
 def experiment_run(out: str | Path, label: str, seed: int) -> Path:
     """The run dir of method ``label`` with ``seed`` in an experiment."""
     return Path(out) / "runs" / f"{label}-s{seed}"
+
+
+if __name__ == "__main__":
+    for name, path in locations().items():
+        print(f"{name:<11} {path}" + ("" if path is None or path.exists() else "  (missing)"))

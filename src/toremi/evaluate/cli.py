@@ -37,7 +37,7 @@ class EvalConfig:
     tokenizer: str | None = None  # default: tokenizer.json beside the weights; "gpt2" allowed
     corpus: str | None = None  # corpus dir with eval/<domain>/*.parquet
     domains: list[str] = field(default_factory=list)  # empty = every held-out domain
-    piqa: str | None = None  # PIQA folder; default ../shared/data/piqa beside the checkout
+    piqa: str | None = None  # PIQA folder; default toremi.layout.piqa_dir() ($TOREMI_PIQA, ...)
     tasks: list[ClassifyTask] = field(default_factory=default_tasks)  # label classification
     downstream: list[str] = field(default_factory=lambda: ["piqa", "bbc_topic", "brown_genre"])
     max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
@@ -153,8 +153,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     if "piqa" not in cfg.downstream:
         pass
     elif not (pdir / "valid.jsonl").exists():
-        skip("piqa", f"{pdir} has no valid.jsonl (PIQA lives in ../shared/data/piqa; "
-                     f"pass --piqa DIR)")
+        skip("piqa", f"{pdir} has no valid.jsonl (set $TOREMI_PIQA or pass --piqa DIR; "
+                     f"default: toremi.layout.piqa_dir())")
     else:
         result["downstream"]["piqa"] = piqa(lm, pdir, cfg.max_items, cfg.batch_size)
     for task in cfg.tasks:
