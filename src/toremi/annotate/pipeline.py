@@ -188,7 +188,7 @@ class Annotator:
     def embed(self) -> dict:
         t0 = time.perf_counter()
         res = self.engine.embed(self.shards, [self._p("embeddings", s, ".npy") for s in self.shards],
-                                self.cfg.embed, self.out / "embeddings" / ".parts")
+                                self.cfg.embed, layout.embeddings_dir(self.out) / ".parts")
         info = {"shards": len(res), "rows": sum(r["rows"] for r in res),
                 "recomputed": sum(not r["skipped"] for r in res),
                 "empty_docs": sum(r.get("empty", 0) for r in res), "seconds": round(time.perf_counter() - t0, 2)}
