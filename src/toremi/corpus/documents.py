@@ -7,16 +7,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from toremi import layout
 from toremi.io import read_json
 
-SPLITS = {"train": "documents", "heldout": "eval", "eval": "eval"}
+SPLITS = layout.CORPUS_SPLITS
 
 
 def iter_shards(corpus_dir: str | Path, split: str = "train", domain: str | None = None) -> list[Path]:
     """Shard paths of a split (``train`` or ``heldout``/``eval``), sorted by domain then index."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r}: use one of {sorted(SPLITS)}")
-    root = Path(corpus_dir) / SPLITS[split]
+    root = layout.corpus_documents(corpus_dir, split)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} not found: is {corpus_dir} a corpus directory? Build one "
                                 f"with `toremi corpus build --out {corpus_dir}`")
@@ -41,7 +40,7 @@ def domains(corpus_dir: str | Path) -> list[str]:
 
 
 def load_manifest(corpus_dir: str | Path) -> dict:
-    path = Path(corpus_dir) / "manifest.json"
+    path = layout.corpus_manifest(corpus_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the corpus build did not finish; rerun "
                                 f"`toremi corpus build --out {corpus_dir}` (it resumes)")

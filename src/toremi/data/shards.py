@@ -12,8 +12,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from toremi import layout
 from toremi.io import atomic_path, read_json, sha256_json
 
 MAGIC = b"TOREMI\0\0"
@@ -75,20 +75,20 @@ class TokenDataset:
 
     def __init__(self, tokens_dir: str | Path, split: str = "train", packing: str | None = None):
         self.dir = Path(tokens_dir)
-        manifest_path = self.dir / "manifest.json"
+        manifest_path = layout.tokens_manifest(self.dir)
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.dir}: no manifest.json; run `toremi prepare` first")
         self.manifest = read_json(manifest_path)
         self.split = split
         self.packing = resolve_packing(self.manifest, split, packing, self.dir)
         self.packed = self.packing == "docs"
-        index_path = self.dir / f"index-{split}.npz"
+        index_path = layout.tokens_index(self.dir, split)
         if not index_path.exists():
             raise FileNotFoundError(f"{index_path} missing: split {split!r} was not prepared")
         if self.packed:
             from toremi.data.packing import read_packed
 
-            self.pack = read_packed(self.dir / f"packed-{split}")
+            self.pack = read_packed(layout.tokens_packed(self.dir, split))
             for key in ("shard", "offset", "length", "bytes", "domain", "topics"):
                 setattr(self, key, self.pack[key])
             self.doc = None  # a packed window holds several documents: see self.pack["seg_doc"]
@@ -134,6 +134,7 @@ class TokenDataset:
 
     def gather(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Assemble sequences ``indices`` into padded tensors with one fancy-index per shard."""
+        import torch  # here, not at the top: `toremi prepare` writes shards without torch
         indices = np.asarray(indices, dtype=np.int64)
         width = self.seq_len + 1
         tokens = np.full((len(indices), width), self.eot_id, dtype=np.int64)
@@ -164,6 +165,7 @@ class TokenDataset:
         """Segment map of packed windows ``indices``: ``seg_ids`` [B, T] (segment of each input
         position's target, numbered over the batch; -1 = no target) and per segment ``seg_topics``
         [S, M], ``seg_bytes`` [S], ``seg_domain`` [S]. Vectorised over the CSR offsets."""
+        import torch
         p = self.pack
         lo, hi = p["seg_ptr"][indices], p["seg_ptr"][indices + 1]
         counts = hi - lo

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toremi.config import ConfigError, load_config, to_dict
+from toremi import layout
+from toremi.config import ConfigError, flags_to_overrides, load_config, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 
 
@@ -35,7 +36,7 @@ class EvalConfig:
     tokenizer: str | None = None  # default: tokenizer.json beside the weights; "gpt2" allowed
     corpus: str | None = None  # corpus dir with eval/<domain>/*.parquet
     domains: list[str] = field(default_factory=list)  # empty = every held-out domain
-    piqa: str | None = None  # PIQA folder; default ../shared/data/piqa beside the checkout
+    piqa: str | None = None  # PIQA folder; default toremi.layout.piqa_dir() ($TOREMI_PIQA, ...)
     tasks: list[ClassifyTask] = field(default_factory=default_tasks)  # label classification
     downstream: list[str] = field(default_factory=lambda: ["piqa", "bbc_topic", "brown_genre"])
     max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
@@ -72,8 +73,8 @@ def label_names(corpus: Path, domain: str) -> list[str]:
     import pyarrow.parquet as pq
 
     names = set()
-    for split in ("eval", "documents"):
-        for p in sorted((corpus / split / domain).glob("*.parquet")):
+    for split in ("heldout", "train"):
+        for p in sorted(layout.corpus_documents(corpus, split, domain).glob("*.parquet")):
             if "label" in pq.read_schema(p).names:
                 names |= set(pq.read_table(p, columns=["label"]).column("label").to_pylist())
     return sorted(n for n in names if n)
@@ -105,7 +106,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     verified = None
     if cfg.corpus:  # every held-out shard checked before the model is even loaded
         t1 = time.perf_counter()
-        shards = sorted((Path(cfg.corpus) / "eval").glob("*/shard-*.parquet"))
+        shards = sorted(layout.corpus_documents(cfg.corpus, "heldout").glob("*/shard-*.parquet"))
         verified = {"files": integrity.verify_corpus_shards(Path(cfg.corpus), shards),
                     "seconds": round(time.perf_counter() - t1, 4)}
     lm = load_model(model_dir, cfg.tokenizer or tok_path, run_dir, cfg.device, cfg.max_len,
@@ -146,8 +147,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     if "piqa" not in cfg.downstream:
         pass
     elif not (pdir / "valid.jsonl").exists():
-        skip("piqa", f"{pdir} has no valid.jsonl (PIQA lives in ../shared/data/piqa; "
-                     f"pass --piqa DIR)")
+        skip("piqa", f"{pdir} has no valid.jsonl (set $TOREMI_PIQA or pass --piqa DIR; "
+                     f"default: toremi.layout.piqa_dir())")
     else:
         result["downstream"]["piqa"] = piqa(lm, pdir, cfg.max_items, cfg.batch_size)
     for task in cfg.tasks:
@@ -168,7 +169,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         log(f"eval: {name:<12} acc {d['acc']:.4f}  acc_norm {d['acc_norm']:.4f}  (n={d['n']}, "
             f"chance {d['chance']:.3f})")
     result["seconds"] = round(time.time() - t0, 2)
-    out = Path(cfg.out) if cfg.out else (run_dir or model_dir) / "eval.json"
+    out = Path(cfg.out) if cfg.out else layout.run_eval(run_dir or model_dir)
     atomic_write_json(out, result)
     log(f"eval: wrote {out}")
     return result
@@ -178,9 +179,9 @@ def unfinished(run_dir: Path) -> dict | None:
     """None for a finished run; else its status and step from run.json."""
     from toremi.io import read_json
 
-    rj = Path(run_dir) / "run.json"
+    rj = layout.run_info(run_dir)
     if not rj.exists():
-        return None if (Path(run_dir) / "final" / "config.json").exists() else \
+        return None if layout.run_final_marker(run_dir).exists() else \
             {"status": "no run.json", "steps_done": None}
     info = read_json(rj)
     if info.get("status") == "done":
@@ -188,22 +189,21 @@ def unfinished(run_dir: Path) -> dict | None:
     return {"status": info.get("status"), "steps_done": info.get("steps_done")}
 
 
+FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_items",
+         "batch_size", "max_len", "stride", "device", "dtype", "out")  # --max-docs N = max_docs=N
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="toremi eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with EvalConfig fields")
-    for flag in ("run", "model", "tokenizer", "corpus", "piqa", "max-docs", "max-tokens",
-                 "max-items", "batch-size", "max-len", "stride", "device", "dtype", "out"):
-        p.add_argument(f"--{flag}")
+    for flag in FLAGS:
+        p.add_argument(f"--{flag.replace('_', '-')}")
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate the newest checkpoint of an unfinished run (else refused)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. domains=[news,legal]")
     args = p.parse_args(argv)
-    overrides = [f"{k}={v}" for k, v in vars(args).items()
-                 if k not in ("config", "overrides", "allow_partial") and v is not None] + args.overrides
-    if args.allow_partial:
-        overrides.append("allow_partial=true")
-    cfg = load_config(EvalConfig, args.config, overrides)
+    cfg = load_config(EvalConfig, args.config, flags_to_overrides(args, FLAGS + ("allow_partial",)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         evaluate(cfg)

@@ -12,9 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from toremi import layout
+from toremi.lazy import lazy
 from toremi.tokenizer import Tokenizer, from_file
+
+# torch loads when a model does, not when `toremi eval`/`experiment` validates its config
+torch = lazy("torch")
 
 
 class CheckpointMismatch(ValueError):
@@ -44,29 +47,29 @@ def resolve_run(run_dir: Path) -> tuple[Path, Path | None]:
     """A run's final model folder (else its newest checkpoint) and the tokenizer it was trained
     with: beside the weights or the run, else the one in the run's tokens dir (None if none)."""
     run_dir = Path(run_dir)
-    model_dir = run_dir / "final"
-    if not (model_dir / "config.json").exists():
-        ckpts = sorted((run_dir / "checkpoints").glob("step-*/model"))
+    model_dir = layout.run_final(run_dir)
+    if not layout.run_final_marker(run_dir).exists():
+        ckpts = sorted(layout.run_checkpoints(run_dir).glob("step-*/model"))
         if not ckpts:
             raise FileNotFoundError(f"{run_dir}: no final/ and no checkpoints/step-*/model; "
                                     f"train the run first (`toremi train`)")
         model_dir = ckpts[-1]
-    for cand in (model_dir / "tokenizer.json", run_dir / "final" / "tokenizer.json",
+    for cand in (model_dir / "tokenizer.json", layout.run_final(run_dir) / "tokenizer.json",
                  run_dir / "tokenizer.json"):
         if cand.exists():
             return model_dir, cand
-    if (run_dir / "run.json").exists():  # a checkpoint only: the tokenizer of the run's tokens dir
-        tokens = json.loads((run_dir / "run.json").read_text()).get("tokens_dir") or ""
-        cand = Path(tokens) / "tokenizer.json"
+    if layout.run_info(run_dir).exists():  # a checkpoint only: the tokenizer of the run's tokens dir
+        tokens = json.loads(layout.run_info(run_dir).read_text()).get("tokens_dir") or ""
+        cand = layout.tokens_tokenizer(tokens)
         if tokens and cand.is_file():
             return model_dir, cand
     return model_dir, None
 
 
 def _run_fingerprint(run_dir: Path | None) -> str | None:
-    if run_dir is None or not (Path(run_dir) / "run.json").exists():
+    if run_dir is None or not layout.run_info(run_dir).exists():
         return None
-    info = json.loads((Path(run_dir) / "run.json").read_text())
+    info = json.loads(layout.run_info(run_dir).read_text())
     tok = info.get("tokenizer")
     if isinstance(tok, dict):
         return tok.get("fingerprint")

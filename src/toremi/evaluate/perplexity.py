@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toremi import layout
 from toremi.evaluate.model_io import LoadedModel
 from toremi.evaluate.scoring import score
 
@@ -26,9 +27,10 @@ def read_heldout(corpus_dir: Path, domain: str, max_docs: int | None = None,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    paths = sorted((Path(corpus_dir) / "eval" / domain).glob("*.parquet"))
+    folder = layout.corpus_documents(corpus_dir, "heldout", domain)
+    paths = sorted(folder.glob("*.parquet"))
     if not paths:
-        raise FileNotFoundError(f"{Path(corpus_dir) / 'eval' / domain}: no held-out shards")
+        raise FileNotFoundError(f"{folder}: no held-out shards")
     tables = []
     for p in paths:
         names = pq.read_schema(p).names
@@ -41,7 +43,7 @@ def read_heldout(corpus_dir: Path, domain: str, max_docs: int | None = None,
 
 
 def heldout_domains(corpus_dir: Path) -> list[str]:
-    root = Path(corpus_dir) / "eval"
+    root = layout.corpus_documents(corpus_dir, "heldout")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) \
         if root.exists() else []
 

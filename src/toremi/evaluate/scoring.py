@@ -8,13 +8,14 @@ windows, so padding, masking and batching live in one place (and are tested once
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from toremi.lazy import lazy
 
 from toremi.evaluate.model_io import LoadedModel
 
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
 
-@torch.inference_mode()
+
 def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
           batch_size: int = 8, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sum of log p(target) over the last ``n_scored[i]`` targets of each window.
@@ -24,6 +25,12 @@ def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
     keeps it from influencing real positions, and its labels are -100 so it never enters the loss.
     Returns (log-likelihood float64 [N], greedy bool [N]: every scored target was the argmax).
     """
+    with torch.inference_mode():  # not a decorator: importing this module must not load torch
+        return _score(lm, windows, n_scored, batch_size, progress)
+
+
+def _score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray, batch_size: int,
+           progress: str | None) -> tuple[np.ndarray, np.ndarray]:
     from tqdm import tqdm
 
     n = len(windows)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from toremi.methods.base import REGISTRY, Method, MethodConfig, method_info, register
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _NOT_METHODS = {"base", "rules"}
 for _mod in pkgutil.iter_modules(__path__):

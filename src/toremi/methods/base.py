@@ -23,13 +23,16 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from toremi.config import ConfigError, _coerce, from_dict, to_dict
-from toremi.methods import rules
+from toremi.lazy import lazy
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")  # imported when a method runs (toremi.lazy)
+rules = lazy("toremi.methods.rules")
 
 
 @dataclass

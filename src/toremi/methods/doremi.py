@@ -20,14 +20,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-from torch import Tensor
-
+from toremi import layout
 from toremi.io import read_jsonl
-from toremi.methods import rules
+from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")  # imported when a method runs (toremi.lazy)
+rules = lazy("toremi.methods.rules")
 
 
 def doremi_update(alpha: Tensor, excess: Tensor, eta: float, smoothing: float,
@@ -68,8 +72,8 @@ class DoReMi(Method):
         self.alpha_sum = torch.zeros_like(self.alpha)
         if o.reference is not None:
             ref = Path(o.reference)
-            if not (ref / "final" / "config.json").exists():
-                raise ValueError(f"doremi: reference run {ref} has no final model ({ref}/final); make it "
+            if not layout.run_final_marker(ref).exists():
+                raise ValueError(f"doremi: reference run {ref} has no final model ({layout.run_final(ref)}); make it "
                                  f"with `toremi train --tokens <same tokens> --out {ref} method=uniform`")
             self.reference_run = str(ref)
             self.weights = self.alpha * self.num_topics
@@ -78,10 +82,10 @@ class DoReMi(Method):
             self.probs = self._proxy_average(Path(o.weights_from))
 
     def _proxy_average(self, run: Path) -> Tensor:
-        recs = [r for r in read_jsonl(run / "weights.jsonl") if r.get("doremi_avg")] \
-            if (run / "weights.jsonl").exists() else []
+        path = layout.run_weights(run)
+        recs = [r for r in read_jsonl(path) if r.get("doremi_avg")] if path.exists() else []
         if not recs:
-            raise ValueError(f"doremi: {run}/weights.jsonl has no DoReMi averages; weights_from must be a "
+            raise ValueError(f"doremi: {path} has no DoReMi averages; weights_from must be a "
                              f"finished proxy run (method=doremi method.doremi.reference=REF_RUN)")
         avg = torch.tensor(recs[-1]["doremi_avg"], dtype=torch.float64)
         if avg.shape[0] != self.num_topics:

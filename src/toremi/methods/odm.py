@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from toremi.methods import rules
+from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+
+torch = lazy("torch")  # imported when a method runs (toremi.lazy)
+rules = lazy("toremi.methods.rules")
 
 
 @dataclass

@@ -6,8 +6,10 @@
 import math
 from dataclasses import dataclass
 
-from toremi.methods import rules
+from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+
+rules = lazy("toremi.methods.rules")
 
 
 @dataclass

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal, Optional
 
-import torch
-
-from toremi.methods import rules
+from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+
+torch = lazy("torch")  # imported when a method runs (toremi.lazy)
+rules = lazy("toremi.methods.rules")
 
 # Values a preset gives to the options left unset (None). Anything set explicitly wins.
 PRESETS = {

@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
-from toremi.methods import rules
+from toremi.lazy import lazy
 from toremi.methods.base import register
 from toremi.methods.toremi import ToReMi, ToReMiOptions
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy("torch")  # imported when a method runs (toremi.lazy)
+rules = lazy("toremi.methods.rules")
 
 
 def learnability(hist: Tensor, level: Tensor, ratio: float) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toremi import stats
+from toremi import layout, stats
 from toremi.io import atomic_write_text, read_json
 from toremi.report.figures import figures
 from toremi.report.html import render
@@ -26,8 +26,8 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
            baseline: str = "uniform") -> Path:
     """Load the runs, write the figures, ``report.md`` and ``report.html`` into ``out``."""
     labels = labels or {}
-    runs = [load_run(d, labels.get(str(d))) for d in run_dirs if (Path(d) / "run.json").exists()
-            or (Path(d) / "metrics.jsonl").exists()]
+    runs = [load_run(d, labels.get(str(d))) for d in run_dirs if layout.run_info(d).exists()
+            or layout.run_metrics(d).exists()]
     if not runs:
         raise FileNotFoundError(f"no runs (run.json / metrics.jsonl) in {[str(d) for d in run_dirs]}")
     noisy = noisy or next((r["noise"]["topic"] for r in runs if r["noise"]), None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from toremi import layout
 from toremi.io import read_json, read_jsonl
 
 
@@ -25,26 +26,26 @@ def noise_of(info: dict) -> dict | None:
     if info.get("noise"):
         return info["noise"]
     tokens = Path(info.get("tokens_dir") or "")
-    if not (tokens / "manifest.json").exists():
+    if not layout.tokens_manifest(tokens).exists():
         return None
-    man = read_json(tokens / "manifest.json")
+    man = read_json(layout.tokens_manifest(tokens))
     if man.get("noise"):
         return man["noise"]
     corpus = Path((man.get("config") or {}).get("corpus") or "")
-    return read_json(corpus / "noise.json") if (corpus / "noise.json").exists() else None
+    return read_json(layout.noise_record(corpus)) if layout.noise_record(corpus).exists() else None
 
 
 def load_run(run_dir: Path, label: str | None = None, name: str | None = None) -> dict:
     """One run as a plain dict; missing files read as empty, so unfinished runs still load."""
     run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) \
-        if (run_dir / "config.yaml").exists() else {}
-    ev = run_dir / "eval.json"
+    info = read_json(layout.run_info(run_dir)) if layout.run_info(run_dir).exists() else {}
+    config = yaml.safe_load(layout.run_config(run_dir).read_text()) \
+        if layout.run_config(run_dir).exists() else {}
+    ev = layout.run_eval(run_dir)
     return {"dir": str(run_dir), "name": name or run_dir.name, "label": label or method_label(info),
             "seed": (config or {}).get("seed"), "info": info, "config": config or {},
-            "metrics": read_jsonl(run_dir / "metrics.jsonl"),
-            "weights": read_jsonl(run_dir / "weights.jsonl"),
+            "metrics": read_jsonl(layout.run_metrics(run_dir)),
+            "weights": read_jsonl(layout.run_weights(run_dir)),
             "eval": read_json(ev) if ev.exists() else None, "noise": noise_of(info)}
 
 

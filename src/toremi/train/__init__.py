@@ -10,7 +10,7 @@ from toremi.train.config import ModelConfig, OptimConfig, TrainConfig
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run described by ``cfg``; returns the run dir. Under torchrun every
     rank calls this; the process group is created here and torn down at the end."""
-    from toremi import integrity
+    from toremi import integrity, layout
     from toremi.io import atomic_write_json, read_json
     from toremi.train import distributed
     from toremi.train.trainer import Trainer
@@ -23,10 +23,10 @@ def train(cfg: TrainConfig) -> Path:
             verified = integrity.verify_tokens(cfg.tokens_dir) if cfg.tokens_dir else None
             trainer = Trainer(cfg, d)
             run_dir = trainer.run()
-            if d.is_main and (run_dir / "run.json").exists():
-                info = read_json(run_dir / "run.json")
+            if d.is_main and layout.run_info(run_dir).exists():
+                info = read_json(layout.run_info(run_dir))
                 info.update(verified_sha256=verified, resume_changes=trainer.config_changes)
-                atomic_write_json(run_dir / "run.json", info)
+                atomic_write_json(layout.run_info(run_dir), info)
             return run_dir
         finally:
             if lock:

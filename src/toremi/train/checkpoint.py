@@ -21,17 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toremi import layout
+from toremi.config import flatten, to_dict
 from toremi.model import GPT, load_hf, save_hf
 
 PATTERN = re.compile(r"^step-(\d{7,})$")
 
 
 def ckpt_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+    return layout.run_checkpoint(run_dir, step)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
+    root = layout.run_checkpoints(run_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if PATTERN.match(p.name) and (p / "train_state.pt").exists()]
@@ -140,21 +142,14 @@ APPLIED = ("optim.", "eval_every", "eval_batches", "log_every", "ckpt_every", "k
 IGNORED = ("out", "tokens_dir", "resume", "progress", "stop_at_step", "device")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _flat(d: dict) -> dict:
+    """Dotted keys of a saved config; an empty section (a method without options) is no key."""
+    return {k: v for k, v in flatten(d).items() if v != {}}
 
 
 def resume_changes(state: dict, cfg, path: Path, skip: tuple[str, ...] = ()) -> dict:
     """``{key: [old, new]}`` of the settings changed since the checkpoint; refused ones raise.
     ``skip``: key prefixes compared elsewhere (a layout-1 checkpoint's flat method options)."""
-    from toremi.config import to_dict
-
     if "config" not in state:  # written before configs were checkpointed: nothing to compare
         return {}
     old, new = _flat(state["config"]), _flat(to_dict(cfg))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toremi.config import load_config
+from toremi.config import flags_to_overrides, load_config
 
 # Shorthands: `method=toremi` means `method.name=toremi`, `model=gpt2` means `model.size=gpt2`.
 SHORTHANDS = {"method": "method.name", "model": "model.size", "preset": "method.preset"}
@@ -23,16 +23,10 @@ SHORTHANDS = {"method": "method.name", "model": "model.size", "preset": "method.
 
 def config_keys() -> str:
     """Every config key with its default, for --help."""
-    from toremi.config import to_dict
-    from toremi.train.config import TrainConfig
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                yield from walk(v, f"{prefix}{k}.")
-            else:
-                yield f"  {prefix}{k}={v}"
     import dataclasses
+
+    from toremi.config import flatten, to_dict
+    from toremi.train.config import TrainConfig
 
     from toremi.methods import REGISTRY, MethodConfig
 
@@ -45,7 +39,7 @@ def config_keys() -> str:
             opts = {f.name: f.default for f in dataclasses.fields(info.options)}
         keys = " ".join(f"{k}={v}" for k, v in opts.items()) or "none"
         methods.append(f"  {name} (interval {info.interval}): {info.summary}\n    method.{name}.: {keys}")
-    return "config keys (defaults):\n" + "\n".join(walk(defaults)) + \
+    return "config keys (defaults):\n" + "\n".join(f"  {k}={v}" for k, v in flatten(defaults).items()) + \
         "\n\nmethods (method=NAME; options as method.NAME.KEY=V or method.KEY=V):\n" + "\n".join(methods)
 
 
@@ -60,23 +54,14 @@ def parse(argv: list[str]):
     ap.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
     ap.add_argument("overrides", nargs="*", help="key.sub=value (e.g. method=toremi optim.lr=3e-4)")
     a = ap.parse_args(argv)
-    overrides = []
-    for item in a.overrides:
-        key, eq, value = item.partition("=")
-        overrides.append(f"{SHORTHANDS.get(key, key)}{eq}{value}")
-    if a.tokens:
-        overrides.append(f"tokens_dir={a.tokens}")
-    if a.out:
-        overrides.append(f"out={a.out}")
-    if a.resume:
-        overrides.append("resume=must")
-    return load_config(TrainConfig, a.config, overrides)
+    flags = {"tokens": "tokens_dir", "out": "out", "resume": "resume=must"}
+    return load_config(TrainConfig, a.config, flags_to_overrides(a, flags, shorthands=SHORTHANDS))
 
 
 def main(argv: list[str] | None = None) -> int:
+    cfg = parse(list(sys.argv[1:] if argv is None else argv))  # validated before torch loads
     from toremi.train import train
 
-    cfg = parse(list(sys.argv[1:] if argv is None else argv))
     run_dir = train(cfg)
     print(f"run dir: {run_dir}")
     return exit_code(run_dir)
@@ -86,10 +71,11 @@ def exit_code(run_dir) -> int:
     """0 when run.json says done, 75 when interrupted/stopped early, 3 on a divergence stop."""
     from pathlib import Path
 
+    from toremi import layout
     from toremi.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
     from toremi.io import read_json
 
-    status = read_json(Path(run_dir) / "run.json").get("status", "")
+    status = read_json(layout.run_info(run_dir)).get("status", "")
     if status == "done":
         return EXIT_OK
     return EXIT_DIVERGED if "non-finite" in status else EXIT_INTERRUPTED

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from toremi.methods.base import MethodConfig
-from toremi.model import SIZES
+from toremi.model_sizes import SIZES
 
 
 @dataclass

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
+from toremi import layout
 from toremi.io import append_jsonl, read_json
 from toremi.methods import MethodConfig, build_method, rules
 from toremi.model import per_sample_loss
@@ -97,12 +98,12 @@ class Reweighter:
         from toremi.model import load_hf
 
         run = Path(run)
-        info = read_json(run / "run.json") if (run / "run.json").exists() else {}
+        info = read_json(layout.run_info(run)) if layout.run_info(run).exists() else {}
         mine, theirs = (data_info or {}).get("tokenizer"), info.get("tokenizer")
         if mine and theirs and mine.get("fingerprint") != theirs.get("fingerprint"):
             raise ValueError(f"reference run {run} used another tokenizer ({theirs.get('name')}); "
                              f"train the reference on the same tokens dir")
-        model = load_hf(run / "final", map_location=self.device).eval()
+        model = load_hf(layout.run_final(run), map_location=self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
         return model

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import toremi
+from toremi import layout
 from toremi.config import save_config, to_dict
 from toremi.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
@@ -40,7 +41,7 @@ class RunLogger:
     def __init__(self, trainer, enabled: bool = True):
         self.t, self.enabled = trainer, enabled
         cfg, run = trainer.cfg, trainer.run_dir
-        self.metrics_path, self.weights_path = run / "metrics.jsonl", run / "weights.jsonl"
+        self.metrics_path, self.weights_path = layout.run_metrics(run), layout.run_weights(run)
         self.last_time, self.last_step, self.start = time.perf_counter(), trainer.step, time.perf_counter()
         self.pbar = self.tb = self.wandb = None
         if trainer.d.enabled:  # every rank logs a hash of its weights at each update
@@ -57,9 +58,9 @@ class RunLogger:
                 truncate_jsonl(p, trainer.step)
             else:
                 p.unlink(missing_ok=True)  # logs of a run that died before its first checkpoint
-        save_config(cfg, run / "config.yaml")
+        save_config(cfg, layout.run_config(run))
         self.run_info = self._run_info()
-        atomic_write_json(run / "run.json", self.run_info)
+        atomic_write_json(layout.run_info(run), self.run_info)
         if cfg.progress:
             from tqdm.auto import tqdm
 
@@ -172,9 +173,9 @@ class RunLogger:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
-        info = read_json(self.t.run_dir / "run.json")
+        info = read_json(layout.run_info(self.t.run_dir))
         done = self.t.step >= self.t.total and not reason
         info.update(status="done" if done else (reason or "incomplete"), steps_done=self.t.step,
                     skipped_steps=int(self.t.engine.bad[0]),
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        atomic_write_json(self.t.run_dir / "run.json", info)
+        atomic_write_json(layout.run_info(self.t.run_dir), info)

@@ -18,6 +18,7 @@ import torch
 
 from toremi.data.loader import Batch, BatchLoader
 from toremi.data.shards import TokenDataset
+from toremi import layout
 from toremi.config import to_dict
 from toremi.io import atomic_write_text
 from toremi.methods import rules
@@ -55,7 +56,7 @@ class Trainer:
             raise ValueError("set tokens_dir (--tokens) and out (--out)")
         self.run_dir = Path(cfg.out)
         self.ds = TokenDataset(cfg.tokens_dir, packing=cfg.packing)
-        self.val = TokenDataset(cfg.tokens_dir, "val") if (Path(cfg.tokens_dir) / "index-val.npz").exists() else None
+        self.val = TokenDataset(cfg.tokens_dir, "val") if layout.tokens_index(cfg.tokens_dir, "val").exists() else None
         self.K = self.ds.num_topics
         labelled = self.ds.topics[self.ds.topics >= 0]
         self.topic_counts = torch.from_numpy(np.bincount(labelled, minlength=self.K).astype(np.float64))
@@ -282,9 +283,9 @@ class Trainer:
                 self.save(log)
         self.save(log)
         if d.is_main:
-            final = self.run_dir / "final"
+            final = layout.run_final(self.run_dir)
             save_hf(self.model, final, eot_id=self.ds.eot_id)
-            tok = Path(c.tokens_dir) / "tokenizer.json"
+            tok = layout.tokens_tokenizer(c.tokens_dir)
             if tok.exists():
                 atomic_write_text(final / "tokenizer.json", tok.read_text())
         barrier(d)

@@ -1,0 +1,10 @@
+"""Named GPT-2 sizes (``model.size``), importable without torch so that a config is validated
+before torch loads. CPU sizes keep the output layer small relative to the body (design.md §6)."""
+
+SIZES = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64),
+    "small-cpu": dict(n_layer=4, n_head=4, n_embd=128),
+    "medium-cpu": dict(n_layer=6, n_head=4, n_embd=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),           # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),   # 350M
+}
