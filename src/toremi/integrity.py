@@ -187,7 +187,7 @@ def verify_tokens(tokens_dir: Path) -> dict:
         for split, sha in m.get("index_sha256", {}).items():
             _check(tokens_dir, layout.tokens_index(tokens_dir, split).name, sha, rebuild, db, seen)
         for key, sha in (m.get("packed") or {}).get("sha256", {}).items():  # packing=docs
-            _check(tokens_dir, f"packed-train/{key}.npy", sha, rebuild, db, seen)
+            _check(tokens_dir, f"{layout.tokens_packed(tokens_dir).name}/{key}.npy", sha, rebuild, db, seen)
     finally:
         if db is not None:
             db.close()

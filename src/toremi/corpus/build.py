@@ -344,16 +344,16 @@ def write_derived_manifest(src: Path, out: Path, shard_sha: dict[str, str], extr
     for rel, h in shard_sha.items():
         if done_marker(src / rel).exists():
             atomic_write_json(done_marker(out / rel), {**read_json(done_marker(src / rel)), "sha256": h})
-    if not (src / "manifest.json").exists():
+    if not layout.corpus_manifest(src).exists():
         return None
-    manifest = read_json(src / "manifest.json")
+    manifest = read_json(layout.corpus_manifest(src))
     for s in manifest.get("shards", []):
         key = str(Path(s.get("path", "")))
         for rel, h in shard_sha.items():
             if key == rel or key.endswith(rel) or rel.endswith(key):
                 s["sha256"] = h
     manifest.update(extra)
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(layout.corpus_manifest(out), manifest)
     return manifest
 
 
