@@ -121,11 +121,16 @@ class ToReMi(Method):
         c = self.opts
         self._maybe_switch(step)
         delta, lbar, seen = rules.loss_deviation(loss_sum, count, absent=c.absent)
+        self._apply_rule(delta, lbar, seen)
+
+    def _apply_rule(self, delta, lbar, move) -> None:
+        """One step of the configured rule for the topics in ``move``; then the sampling probs."""
+        c = self.opts
         if c.rule == "additive":
-            self.weights = rules.toremi_additive(self.weights, delta, seen, self.stage, c.alpha,
+            self.weights = rules.toremi_additive(self.weights, delta, move, self.stage, c.alpha,
                                                  c.beta, c.gamma, c.below_mean)
         else:
-            self.weights = rules.toremi_multiplicative(self.weights, delta, lbar, seen, self.stage,
+            self.weights = rules.toremi_multiplicative(self.weights, delta, lbar, move, self.stage,
                                                        lo=c.gamma, hi=c.beta, below_mean=c.below_mean)
         if self.uses_sampling:
             self.probs = self._probs()

@@ -137,14 +137,7 @@ class NoiseAwareToReMi(ToReMi):
         else:
             move = seen  # flagged topics count as above the mean: turned down
         self.delta = delta
-        if c.rule == "additive":
-            self.weights = rules.toremi_additive(self.weights, delta, move, self.stage, c.alpha,
-                                                 c.beta, c.gamma, c.below_mean)
-        else:
-            self.weights = rules.toremi_multiplicative(self.weights, delta, lbar, move, self.stage,
-                                                       lo=c.gamma, hi=c.beta, below_mean=c.below_mean)
-        if self.uses_sampling:
-            self.probs = self._probs()
+        self._apply_rule(delta, lbar, move)
 
     def on_val_topics(self, step, topic_loss):
         self.val = torch.where(torch.isfinite(topic_loss), topic_loss.double(), self.val)
