@@ -17,6 +17,7 @@ with the corpus (docs/scale.md).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import zipfile
 from pathlib import Path
@@ -133,8 +134,8 @@ def _packed_parts(cfg, stats: list[dict], domains: list[str]):
 
 
 def _merge_packed(cfg, stats: list[dict], domains: list[str]) -> tuple[dict, np.ndarray, np.ndarray, int]:
-    """Write ``packed-train/`` key by key, one shard's arrays at a time (two passes: sizes, then
-    bytes). Returns (sha256 per file, real targets per domain, windows per domain, windows)."""
+    """Write ``packed-train/``, one shard's arrays at a time (two passes over the shards: sizes,
+    then every file's bytes). Returns (sha256 per file, real targets per domain, windows per domain, windows)."""
     dtypes, rows, width = {}, {}, {"topics": 1}
     real = np.zeros(len(domains))
     for p in _packed_parts(cfg, stats, domains):  # pass 1: dtypes, lengths, the widest topic union
@@ -145,26 +146,21 @@ def _merge_packed(cfg, stats: list[dict], domains: list[str]) -> tuple[dict, np.
                 width[k] = max(width.get(k, 1), v.shape[1])
     out_dir = layout.tokens_packed(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = packmod.WINDOW_KEYS + packmod.SEGMENT_KEYS + packmod.DOC_KEYS
-    hashes = {}
-    for key in sorted(keys):  # pass 2, one key per pass over the shards (one shard in memory)
-        n = rows.get(key, 0) + (1 if key == "seg_ptr" else 0)
-        shape = (n, width[key]) if key in width else (n,)
-        dtype = np.int64 if key == "seg_ptr" else dtypes.get(key, np.int32)
-
-        def chunks(key=key):
-            if key == "seg_ptr":
-                yield np.zeros(1, dtype=np.int64)
-            for p in _packed_parts(cfg, stats, domains):
-                if key in p:
-                    v = p[key]
-                    if key in width and v.shape[1] < width[key]:
-                        v = np.concatenate([v, np.full((len(v), width[key] - v.shape[1]), -1, v.dtype)], 1)
-                    yield v
-
-        with atomic_path(out_dir / f"{key}.npy") as tmp, open(tmp, "wb") as f:
-            _write_npy(f, dtype, shape, chunks())
-        hashes[key] = sha256_file(out_dir / f"{key}.npy")
+    keys = sorted(packmod.WINDOW_KEYS + packmod.SEGMENT_KEYS + packmod.DOC_KEYS)
+    with contextlib.ExitStack() as stack:  # pass 2: every file written in one pass over the shards
+        files = {}
+        for key in keys:
+            tmp = stack.enter_context(atomic_path(out_dir / f"{key}.npy"))
+            files[key] = stack.enter_context(open(tmp, "wb"))
+            n = rows.get(key, 0) + (1 if key == "seg_ptr" else 0)
+            _write_npy(files[key], np.int64 if key == "seg_ptr" else dtypes.get(key, np.int32),
+                       (n, width[key]) if key in width else (n,), [np.zeros(1, np.int64)] if key == "seg_ptr" else [])
+        for p in _packed_parts(cfg, stats, domains):
+            for key, v in p.items():
+                if key in width and v.shape[1] < width[key]:
+                    v = np.concatenate([v, np.full((len(v), width[key] - v.shape[1]), -1, v.dtype)], 1)
+                files[key].write(np.ascontiguousarray(v, dtype=np.int64 if key == "seg_ptr" else dtypes[key]).tobytes())
+    hashes = {key: sha256_file(out_dir / f"{key}.npy") for key in keys}
     doc_domain = np.load(out_dir / "doc_domain.npy", mmap_mode="r")
     seg_doc = np.load(out_dir / "seg_doc.npy", mmap_mode="r")
     seg_len = np.load(out_dir / "seg_len.npy", mmap_mode="r")
