@@ -122,6 +122,27 @@ def test_perplexity_matches_per_document_reference(setup):
     assert strided["nll"] == pytest.approx(got["nll"], rel=0.05)
 
 
+def test_per_document_cap_scores_each_prefix(setup):
+    """max_doc_tokens: the same numbers as scoring each document's first N tokens by hand, with
+    bits/byte over the bytes of those prefixes (not of the whole documents)."""
+    lm, texts = setup["lm"], [t for t, _ in setup["articles"][:6]]
+    cap = 50
+    got = domain_perplexity(lm, texts, stride=lm.max_len, batch_size=3, max_doc_tokens=cap)
+    ref_nll, ref_n, ref_bytes = 0.0, 0, 0
+    for t in texts:
+        ids = lm.tokenizer.encode(t)
+        assert len(ids) > cap  # else the test would not test the cap
+        nll, n = reference_nll(lm, ids[:cap], lm.max_len)
+        ref_nll, ref_n = ref_nll + nll, ref_n + n
+        ref_bytes += len(lm.tokenizer.decode(ids[:cap]).encode("utf-8"))
+    assert got["tokens"] == ref_n == cap * len(texts) and got["docs"] == len(texts)
+    assert got["bytes"] == ref_bytes < sum(len(t.encode()) for t in texts)
+    assert got["nll"] == pytest.approx(ref_nll / ref_n, rel=1e-5)
+    assert got["bpb"] == pytest.approx(ref_nll / math.log(2) / ref_bytes, rel=1e-5)
+    with pytest.raises(ValueError, match="max_doc_tokens"):
+        domain_perplexity(lm, texts, max_doc_tokens=0)
+
+
 def test_score_is_batch_invariant(setup):
     lm = setup["lm"]
     rng = np.random.default_rng(0)

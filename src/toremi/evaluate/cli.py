@@ -41,6 +41,7 @@ class EvalConfig:
     downstream: list[str] = field(default_factory=lambda: ["piqa", "bbc_topic", "brown_genre"])
     max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
     max_tokens: int | None = None  # stop a domain's perplexity after this many tokens
+    max_doc_tokens: int | None = None  # score only each document's first N tokens (more docs)
     max_items: int | None = None  # PIQA items (fixed-seed subset)
     batch_size: int = 8
     max_len: int | None = None  # context for scoring; default the model's n_positions
@@ -88,6 +89,9 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     from toremi.io import atomic_write_json
 
     from toremi import integrity
+    from toremi.allocator import keep_large_allocations_in_heap
+
+    keep_large_allocations_in_heap()
 
     t0 = time.time()
     run_dir = Path(cfg.run) if cfg.run else None
@@ -135,7 +139,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             continue
         docs = read_heldout(cfg.corpus, domain, cfg.max_docs)
         stats = domain_perplexity(lm, docs["text"], cfg.stride, cfg.batch_size, cfg.max_tokens,
-                                  desc=f"ppl {domain}")
+                                  desc=f"ppl {domain}", max_doc_tokens=cfg.max_doc_tokens)
         result["domains"][domain] = stats
         log(f"eval: {domain:<12} ppl {stats['ppl']:9.2f}  bpb {stats['bpb']:.4f}  "
             f"({stats['tokens']} tokens, {stats['docs']} docs)")
@@ -189,7 +193,8 @@ def unfinished(run_dir: Path) -> dict | None:
     return {"status": info.get("status"), "steps_done": info.get("steps_done")}
 
 
-FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_items",
+FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_doc_tokens",
+         "max_items",
          "batch_size", "max_len", "stride", "device", "dtype", "out")  # --max-docs N = max_docs=N
 
 

@@ -6,6 +6,10 @@ Each document is prefixed with ``<|endoftext|>`` (the separator the model saw be
 document in training) so its first token is scored too. Documents longer than the context are
 scored in strided windows: every token is scored exactly once, with at least
 ``max_len - stride`` tokens of context after the first window.
+
+``max_doc_tokens`` scores only the first N tokens of each document, so that a domain's sample
+spreads over many documents: without it, three long documents (one legal licence in Japanese) can
+fill a domain's token budget and its NLL then measures those three documents, not the domain.
 """
 
 from __future__ import annotations
@@ -66,21 +70,28 @@ def make_windows(ids: np.ndarray, max_len: int, stride: int) -> tuple[list[np.nd
 
 def domain_perplexity(lm: LoadedModel, texts: list[str], stride: int | None = None,
                       batch_size: int = 8, max_tokens: int | None = None,
-                      desc: str | None = None) -> dict:
+                      desc: str | None = None, max_doc_tokens: int | None = None) -> dict:
     """NLL (nats/token), perplexity and bits per byte of ``texts`` as one token-weighted pool."""
     stride = stride or max(1, lm.max_len // 2)
     if not 0 < stride <= lm.max_len:
         raise ValueError(f"stride {stride} must be in 1..{lm.max_len}")
+    if max_doc_tokens is not None and max_doc_tokens < 1:
+        raise ValueError(f"max_doc_tokens must be >= 1, got {max_doc_tokens}")
     encoded = lm.tokenizer.encode_batch(list(texts))
+    byte_lengths = lm.tokenizer.token_byte_lengths() if max_doc_tokens else None
     windows, scored, n_bytes, n_docs, n_tokens = [], [], 0, 0, 0
     for text, ids in zip(texts, encoded):
         if not ids:
             continue
+        doc_bytes = len(text.encode("utf-8"))
+        if max_doc_tokens is not None and len(ids) > max_doc_tokens:
+            ids = ids[:max_doc_tokens]  # bits/byte then counts the bytes of the scored prefix
+            doc_bytes = int(byte_lengths[ids].sum())
         w, k = make_windows(np.asarray([lm.tokenizer.eot_id] + ids, dtype=np.int64),
                             lm.max_len, stride)
         windows += w
         scored += k
-        n_bytes += len(text.encode("utf-8"))
+        n_bytes += doc_bytes
         n_tokens += len(ids)
         n_docs += 1
         if max_tokens is not None and n_tokens >= max_tokens:
@@ -92,4 +103,5 @@ def domain_perplexity(lm: LoadedModel, texts: list[str], stride: int | None = No
     nll_sum = float(-ll.sum())
     nll = nll_sum / n_tokens
     return {"nll": nll, "ppl": math.exp(nll), "bpb": nll_sum / math.log(2) / n_bytes,
-            "tokens": n_tokens, "bytes": n_bytes, "docs": n_docs, "windows": len(windows)}
+            "tokens": n_tokens, "bytes": n_bytes, "docs": n_docs, "windows": len(windows),
+            "max_doc_tokens": max_doc_tokens}

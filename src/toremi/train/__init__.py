@@ -11,10 +11,12 @@ def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the run described by ``cfg``; returns the run dir. Under torchrun every
     rank calls this; the process group is created here and torn down at the end."""
     from toremi import integrity, layout
+    from toremi.allocator import keep_large_allocations_in_heap
     from toremi.io import atomic_write_json, read_json
     from toremi.train import distributed
     from toremi.train.trainer import Trainer
 
+    keep_large_allocations_in_heap()  # 1.6x faster CPU steps on 2 cores (toremi.allocator)
     d = distributed.setup(cfg.device)
     try:
         # One writer per run dir (rank 0 holds it for all ranks); every shard checked before use.
