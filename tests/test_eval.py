@@ -280,3 +280,41 @@ metric_list:
                           f"to {worst:.3g} nats (item {np.abs(our_ll - their_ll).max(1).argmax()})")
     assert ours["acc"] == pytest.approx(theirs["acc,none"])
     assert ours["acc_norm"] == pytest.approx(theirs["acc_norm,none"])
+
+
+def test_probe_features_are_per_document_means(setup):
+    """Batched, right-padded features equal one unpadded forward per document."""
+    from toremi.evaluate.probe import doc_features
+
+    lm, texts = setup["lm"], [t for t, _ in setup["articles"][:5]] + ["short one"]
+    batched = doc_features(lm.model, lm, texts, batch_size=4)
+    for i, t in enumerate(texts):
+        ids = torch.tensor([[lm.tokenizer.eot_id] + lm.tokenizer.encode(t)[:lm.max_len - 1]])
+        with torch.no_grad():
+            h = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(batched[i], h.mean(0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_probe_accuracy_separable_vs_shuffled():
+    from toremi.evaluate.probe import probe_accuracy
+
+    rng = np.random.default_rng(0)
+    gold = np.repeat(np.arange(4), 15)
+    separable = rng.normal(size=(60, 8)) + 4 * np.eye(8)[gold]
+    assert probe_accuracy(separable, gold)[0] > 0.95
+    assert probe_accuracy(rng.normal(size=(60, 8)), gold)[0] < 0.6  # no signal: near 1/4
+    with pytest.raises(ValueError, match="at least 2"):
+        probe_accuracy(separable[:5], np.array([0, 0, 1, 1, 2]))
+
+
+def test_cli_linear_probe_with_random_init_control(setup, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = eval_main(["--model", str(setup["model_dir"]), "--corpus", str(setup["corpus"]),
+                    "--max-docs", "4", "--out", str(out), "domains=[news]",
+                    "downstream=[bbc_topic_probe]"])
+    res = json.loads(out.read_text())["downstream"]["bbc_topic_probe"]
+    # The probe reads every held-out labelled document (30), not --max-docs.
+    assert rc == 0 and res["n"] == 30 and res["folds"] == 5
+    assert res["labels"] == ["business", "sports", "tech"] and res["majority"] == pytest.approx(1 / 3)
+    assert 0 <= res["random_init_acc"] <= 1 and 0 <= res["acc"] <= 1
+    assert "bbc_topic_probe" in capsys.readouterr().out

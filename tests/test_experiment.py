@@ -100,6 +100,12 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     assert experiment_main(["--config", str(path)]) == 0
     assert capsys.readouterr().out.count("finished, skipping training") == 4
     assert mtimes == {p: p.stat().st_mtime for p in exp.glob("runs/*/eval.json")}
+    # Fourth pass with other eval settings: every eval.json is redone (old numbers must not stay
+    # in the tables), and the log says which setting changed.
+    assert experiment_main(["--config", str(path), "eval.max_doc_tokens=20"]) == 0
+    assert capsys.readouterr().out.count("eval settings changed: max_doc_tokens") == 4
+    for p in mtimes:
+        assert read_json(p)["domains"]["news"]["max_doc_tokens"] == 20
 
 
 @pytest.mark.parametrize("name", ["quality.yaml", "noise.yaml"])

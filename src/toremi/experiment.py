@@ -216,13 +216,15 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                 raise RuntimeError(f"{run_dir} stopped before the end ({status}); rerun the "
                                    f"experiment to resume it")
             log(f"experiment: {run_dir.name} trained in {time.time() - t0:.0f}s")
-        ev = layout.run_eval(run_dir)
-        if cfg.evaluate and (not ev.exists() or ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime):
+        if cfg.evaluate:
             from toremi.evaluate.cli import EvalConfig, evaluate
 
             ecfg = from_dict(EvalConfig, {**unflatten(cfg.eval), "run": str(run_dir),
                                           "corpus": str(corpus) if corpus else None}, "eval.")
-            evaluate(ecfg, log)
+            why = stale_eval(run_dir, ecfg)
+            if why:
+                log(f"experiment: evaluating {run_dir.name} ({why})")
+                evaluate(ecfg, log)
         entries.append({"label": m.name, "seed": s, "dir": str(run_dir)})
     runs = [load_run(Path(e["dir"]), e["label"]) for e in entries]
     summary = summarize(runs, cfg.baseline)
@@ -241,6 +243,23 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                       {e["dir"]: e["label"] for e in entries}, cfg.noise_topic, cfg.baseline)
         log(f"experiment: report {path}")
     return result
+
+
+def stale_eval(run_dir: Path, ecfg) -> str | None:
+    """Why the run's eval.json must be (re)computed, or None when it is current: missing, older
+    than the model, or made with other eval settings (a changed `eval:` section must not leave
+    old numbers in the tables)."""
+    ev = layout.run_eval(run_dir)
+    if not ev.exists():
+        return "no eval.json"
+    if ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime:
+        return "eval.json older than the model"
+    old = read_json(ev).get("config")
+    if old != to_dict(ecfg):
+        keys = sorted(k for k in set(old or {}) | set(to_dict(ecfg))
+                      if (old or {}).get(k) != to_dict(ecfg).get(k))
+        return f"eval settings changed: {', '.join(keys)}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

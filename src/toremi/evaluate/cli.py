@@ -25,6 +25,9 @@ from toremi.config import ConfigError, flags_to_overrides, load_config, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 
 
+PROBE_MAX_DOCS = 512  # held-out documents a linear probe (`<task>_probe`) reads at most
+
+
 def default_tasks() -> list[ClassifyTask]:
     return [ClassifyTask("bbc_topic", "news", "Topic"), ClassifyTask("brown_genre", "mixed", "Genre")]
 
@@ -38,6 +41,7 @@ class EvalConfig:
     domains: list[str] = field(default_factory=list)  # empty = every held-out domain
     piqa: str | None = None  # PIQA folder; default toremi.layout.piqa_dir() ($TOREMI_PIQA, ...)
     tasks: list[ClassifyTask] = field(default_factory=default_tasks)  # label classification
+    # also `<task>_probe` (e.g. bbc_topic_probe): a linear probe on the model's features
     downstream: list[str] = field(default_factory=lambda: ["piqa", "bbc_topic", "brown_genre"])
     max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
     max_tokens: int | None = None  # stop a domain's perplexity after this many tokens
@@ -86,6 +90,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     from toremi.evaluate.model_io import check_tokenizer_fingerprint, load_model, resolve_run
     from toremi.evaluate.downstream import classify, piqa
     from toremi.evaluate.perplexity import domain_perplexity, heldout_domains, read_heldout
+    from toremi.evaluate.probe import linear_probe
     from toremi.io import atomic_write_json
 
     from toremi import integrity
@@ -156,22 +161,33 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     else:
         result["downstream"]["piqa"] = piqa(lm, pdir, cfg.max_items, cfg.batch_size)
     for task in cfg.tasks:
-        if task.name not in cfg.downstream:
+        probe_name = f"{task.name}_probe"
+        wanted = [n for n in (task.name, probe_name) if n in cfg.downstream]
+        if not wanted:
             continue
         if task.domain not in available:
-            skip(task.name, f"held-out domain {task.domain!r} not in the corpus")
+            for name in wanted:
+                skip(name, f"held-out domain {task.domain!r} not in the corpus")
             continue
-        docs = read_heldout(cfg.corpus, task.domain, cfg.max_docs)
-        names = label_names(Path(cfg.corpus), task.domain)
-        try:
-            result["downstream"][task.name] = classify(
-                lm, task, docs["text"], docs.get("label", [None] * len(docs["text"])),
-                cfg.batch_size, names=names)
-        except ValueError as exc:
-            skip(task.name, str(exc))
+        for name in wanted:
+            # The probe's folds need documents more than its forward passes need time: it reads
+            # up to PROBE_MAX_DOCS whatever max_docs says.
+            docs = read_heldout(cfg.corpus, task.domain,
+                                PROBE_MAX_DOCS if name == probe_name else cfg.max_docs)
+            labels = docs.get("label", [None] * len(docs["text"]))
+            try:
+                result["downstream"][name] = (
+                    linear_probe(lm, task, docs["text"], labels, cfg.batch_size)
+                    if name == probe_name else
+                    classify(lm, task, docs["text"], labels, cfg.batch_size,
+                             names=label_names(Path(cfg.corpus), task.domain)))
+            except ValueError as exc:
+                skip(name, str(exc))
     for name, d in result["downstream"].items():
-        log(f"eval: {name:<12} acc {d['acc']:.4f}  acc_norm {d['acc_norm']:.4f}  (n={d['n']}, "
-            f"chance {d['chance']:.3f})")
+        second = (f"random-init {d['random_init_acc']:.4f}" if "random_init_acc" in d
+                  else f"acc_norm {d['acc_norm']:.4f}")
+        log(f"eval: {name:<12} acc {d['acc']:.4f}  {second}  (n={d['n']}, "
+            f"majority {d.get('majority', float('nan')):.3f}, chance {d['chance']:.3f})")
     result["seconds"] = round(time.time() - t0, 2)
     out = Path(cfg.out) if cfg.out else layout.run_eval(run_dir or model_dir)
     atomic_write_json(out, result)

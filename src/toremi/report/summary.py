@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from toremi import stats
 
+TASK_METRICS = ("acc", "acc_norm", "random_init_acc")  # downstream keys, where a task has them
+
 
 def mean_ci(values) -> dict:
     """Mean and 95% t-interval half-width over seeds (half-width None for a single value)."""
@@ -50,8 +52,8 @@ def summarize(runs: list[dict], baseline: str = "uniform") -> dict:
                     for d in domains},
             "macro_ppl": mean_ci([e.get("macro_ppl") for e in evs]),
             "downstream": {t: {k: mean_ci([e["downstream"][t][k] for e in evs
-                                           if t in e.get("downstream", {})])
-                               for k in ("acc", "acc_norm")} for t in tasks},
+                                           if k in e.get("downstream", {}).get(t, {})])
+                               for k in TASK_METRICS} for t in tasks},
             "final_val_loss": mean_ci([final_val_loss(r) for r in rs]),
             "steps_to_baseline": {"per_run": reach, "reached": sum(x is not None for x in reach),
                                   **mean_ci([x for x in reach if x is not None])},
@@ -72,13 +74,16 @@ def tables(summary: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     ppl = (["method", "seeds"] + summary["domains"] + ["macro"],
            [[m, str(len(v["runs"]))] + [fmt(v["domains"][d]) for d in summary["domains"]]
             + [fmt(v["macro_ppl"])] for m, v in ms.items()])
-    down = (["method"] + [f"{t} {k}" for t in summary["tasks"] for k in ("acc", "acc_norm")],
-            [[m] + [fmt(v["downstream"][t][k], 3) for t in summary["tasks"] for k in ("acc", "acc_norm")]
-             for m, v in ms.items()])
+    # Only the metrics a task reports: zero-shot tasks acc / acc_norm, probes acc / random_init_acc.
+    cols = [(t, k) for t in summary["tasks"] for k in TASK_METRICS
+            if any(v["downstream"][t][k].get("mean") is not None for v in ms.values())]
+    down = (["method"] + [f"{t} {k}" for t, k in cols],
+            [[m] + [fmt(v["downstream"][t][k], 3) for t, k in cols] for m, v in ms.items()])
     train = (["method", "final val loss", f"steps to {summary['baseline']} final val loss", "reached"],
              [[m, fmt(v["final_val_loss"], 4), fmt(v["steps_to_baseline"], 0),
                f"{v['steps_to_baseline']['reached']}/{len(v['runs'])}"] for m, v in ms.items()])
-    return {"Per-domain perplexity (held-out)": ppl, "Downstream accuracy (zero-shot)": down,
+    return {"Per-domain perplexity (held-out)": ppl,
+            "Downstream accuracy (zero-shot; *_probe: linear probe, random_init_acc its control)": down,
             "Training": train}
 
 
