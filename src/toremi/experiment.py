@@ -254,12 +254,12 @@ def stale_eval(run_dir: Path, ecfg) -> str | None:
         return "no eval.json"
     if ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime:
         return "eval.json older than the model"
-    old = read_json(ev).get("config")
-    if old != to_dict(ecfg):
-        keys = sorted(k for k in set(old or {}) | set(to_dict(ecfg))
-                      if (old or {}).get(k) != to_dict(ecfg).get(k))
-        return f"eval settings changed: {', '.join(keys)}"
-    return None
+    old, new = read_json(ev).get("config") or {}, to_dict(ecfg)
+    # Where the run or the output sits is not a setting: a run linked into another experiment
+    # keeps its evaluation.
+    keys = sorted(k for k in set(old) | set(new)
+                  if k not in ("run", "out") and old.get(k) != new.get(k))
+    return f"eval settings changed: {', '.join(keys)}" if keys else None
 
 
 def main(argv: list[str] | None = None) -> int:
