@@ -144,7 +144,7 @@ def test_experiment_eval_typo_fails_before_any_work_and_before_torch(tmp_path):
     """The issue's case: a typo in `eval:` of the quality config. It is refused at load (exit 2),
     names the key and the valid keys, creates nothing, and never imports torch: the check runs in
     the time it takes to import the config modules (the < 2 s goal), not torch's."""
-    path = quality_with(tmp_path, "  max_docs: 40", "  max_dox: 40")
+    path = quality_with(tmp_path, "  max_docs: 64", "  max_dox: 64")
     rc, torch_loaded, err = run_stage("experiment", "--config", str(path), cwd=tmp_path)
     assert rc == 2, err
     assert "unknown config key(s) ['eval.max_dox']" in err
@@ -154,7 +154,7 @@ def test_experiment_eval_typo_fails_before_any_work_and_before_torch(tmp_path):
 
 
 @pytest.mark.parametrize("old,new,message", [
-    ("  steps: 1000", "  stepz: 1000", "['train.stepz']; valid keys here: ["),
+    ("  steps: 2000", "  stepz: 2000", "['train.stepz']; valid keys here: ["),
     ("method.tau: 3.0", "method.tua: 3.0", "unknown config key method.tua; valid keys"),
     ("seq_len: 128,", "seq_lenn: 128,", "['pipeline.prepare.seq_lenn']; valid keys here: ["),
     ("max_mb_per_domain: 1.5", "max_mb_per_domian: 1.5", "['pipeline.corpus.max_mb_per_domian']"),
