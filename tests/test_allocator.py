@@ -1,4 +1,5 @@
-"""toremi.allocator sets glibc's thresholds once per process, and TOREMI_MALLOC=default opts out."""
+"""toremi.allocator sets glibc's thresholds once per process, TOREMI_MALLOC=default opts out of the
+training policy, and the ingest policy (1 MiB threshold) is accepted by glibc."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 CODE = ("from toremi.allocator import keep_large_allocations_in_heap as k; "
-        "print(k(), k())")
+        "from toremi.allocator import return_large_allocations_at_once as r; print(k(), k(), r())")
 
 
 def run(env_extra: dict) -> str:
@@ -18,5 +19,5 @@ def run(env_extra: dict) -> str:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_thresholds_set_once_and_opt_out():
-    assert run({}) == "True True"
-    assert run({"TOREMI_MALLOC": "default"}) == "False False"
+    assert run({}) == "True True True"
+    assert run({"TOREMI_MALLOC": "default"}) == "False False True"  # the opt-out is training's only

@@ -26,18 +26,27 @@ THRESHOLD = 1 << 30  # larger than any single CPU tensor of the sizes trained he
 _applied: bool | None = None
 
 
-def keep_large_allocations_in_heap() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (once); True if they were set."""
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
-    if os.environ.get("TOREMI_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
+def mallopt(option: int, value: int) -> bool:
+    """glibc's ``mallopt``; False where there is no glibc (macOS, musl) or it refuses the value."""
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
+        return bool(libc.mallopt(option, value))
+    except (OSError, AttributeError):
         return False
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD))
+
+
+def keep_large_allocations_in_heap() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process (once); True if they were set."""
+    global _applied
+    if _applied is None:
+        _applied = (os.environ.get("TOREMI_MALLOC", "").lower() != "default"
+                    and mallopt(M_MMAP_THRESHOLD, THRESHOLD) and mallopt(M_TRIM_THRESHOLD, THRESHOLD))
     return _applied
+
+
+def return_large_allocations_at_once() -> bool:
+    """The opposite policy, for a process that only ingests text: fix the mmap threshold at 1 MiB
+    so that a freed multi-megabyte buffer leaves the RSS at once (corpus.stream)."""
+    return mallopt(M_MMAP_THRESHOLD, 1 << 20)

@@ -175,14 +175,9 @@ def return_freed_memory() -> None:
     document, the line, its decoded text and its pieces then stay resident long after use
     (bench/ingest.py). Fixing the threshold at 1 MB and using the system pool for Arrow makes
     peak RSS follow live memory. Best effort: a no-op where glibc is absent."""
-    import ctypes
-    import ctypes.util
+    from toremi.allocator import return_large_allocations_at_once
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    return_large_allocations_at_once()
     pa.set_memory_pool(pa.system_memory_pool())
 
 

@@ -210,8 +210,7 @@ def unfinished(run_dir: Path) -> dict | None:
 
 
 FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_doc_tokens",
-         "max_items",
-         "batch_size", "max_len", "stride", "device", "dtype", "out")  # --max-docs N = max_docs=N
+         "max_items", "batch_size", "max_len", "stride", "device", "dtype", "out")  # --max-docs N = max_docs=N
 
 
 def main(argv: list[str] | None = None) -> int:
