@@ -122,7 +122,7 @@ def assert_same_tokens(a: Path, b: Path) -> None:
         assert meta_a["inputs"] == meta_b["inputs"] and meta_b["idx_sha256"]
     for s in ma["shards"]:
         assert (a / s["path"]).read_bytes() == (b / s["path"]).read_bytes()
-    for split in ("train", "val"):
+    for split in ("train", "dev"):
         with np.load(a / f"index-{split}.npz") as za, np.load(b / f"index-{split}.npz") as zb:
             assert sorted(za.files) == sorted(zb.files)
             for k in za.files:
@@ -140,7 +140,7 @@ def bbc_corpus(tmp_path_factory):
 
 def prep_cfg(corpus, out, *extra) -> PrepareConfig:
     over = [f"corpus={corpus}", f"out={out}", "tokenizer=bpe:512", "seq_len=64", "topics_from=label",
-            "bpe_train_mb=0.2", "val_sequences_per_domain=5", *extra]
+            "bpe_train_mb=0.2", "dev_sequences_per_domain=5", *extra]
     return load_config(PrepareConfig, None, over)
 
 

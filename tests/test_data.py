@@ -127,7 +127,7 @@ def test_prepare_resumes_from_completed_shards(tiny_corpus, tmp_path):
 def test_truncated_shard_is_refused_with_a_fix(tiny_tokens, tmp_path):
     copy = tmp_path / "tok"
     shutil.copytree(tiny_tokens, copy)
-    shard = sorted((copy / "shards").glob("*.bin"))[0]
+    shard = sorted((copy / "shards").glob("train-*.bin"))[0]
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ValueError, match="truncated or corrupted"):
         open_shard(shard)

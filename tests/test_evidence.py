@@ -83,12 +83,12 @@ def test_unigram_cross_entropy_matches_direct_count(tiny_tokens):
 
     u = unigram_cross_entropy(tiny_tokens)
     counts = {}
-    for split in ("train", "val"):
+    for split in ("train", "dev"):
         ds = TokenDataset(tiny_tokens, split)
         b = ds.gather(np.arange(len(ds)))["labels"].numpy().ravel()
         counts[split] = np.bincount(b[b >= 0], minlength=ds.vocab_size)
     p = (counts["train"] + 1) / (counts["train"].sum() + len(counts["train"]))
-    assert u["val_ce"] == pytest.approx(-(counts["val"] * np.log(p)).sum() / counts["val"].sum())
+    assert u["val_ce"] == pytest.approx(-(counts["dev"] * np.log(p)).sum() / counts["dev"].sum())
     assert u["train_tokens"] == counts["train"].sum() and 0 < u["train_entropy"] < math.log(len(p))
 
 

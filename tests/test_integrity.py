@@ -372,7 +372,7 @@ def test_empty_and_null_text_shards_prepare(tiny_corpus, tmp_path):
             "topics_from=domain", "bpe_train_mb=0.2"]
     toremi(*args, "--out", tmp_path / "a", check_rc=0)
     toremi(*args, "--out", tmp_path / "b", check_rc=0)
-    assert (tmp_path / "a" / "index-val.npz").read_bytes() == (tmp_path / "b" / "index-val.npz").read_bytes()
+    assert (tmp_path / "a" / "index-dev.npz").read_bytes() == (tmp_path / "b" / "index-dev.npz").read_bytes()
 
 
 def test_colliding_domain_names_are_refused_naming_both(tmp_path):
@@ -444,7 +444,7 @@ def test_prepare_killed_midway_then_rerun_is_bit_identical(sig, rc, tiny_corpus,
     toremi(*args, "--out", tok, check_rc=0)
     names = sorted(p.name for p in (ref / "shards").iterdir())
     assert names == sorted(p.name for p in (tok / "shards").iterdir())
-    for n in names + ["../index-train.npz", "../index-val.npz", "../documents.parquet"]:
+    for n in names + ["../index-train.npz", "../index-dev.npz", "../documents.parquet"]:
         assert (ref / "shards" / n).read_bytes() == (tok / "shards" / n).read_bytes(), n
 
 

@@ -109,7 +109,7 @@ def test_layout_names_what_the_stages_write(tiny_corpus, tiny_tokens, tmp_path):
     assert layout.annotation_dir(tiny_corpus) == tiny_corpus / "annotations"
     assert layout.annotation_dir(tiny_corpus, tmp_path / "a") == tmp_path / "a"
     for path in (layout.tokens_manifest(tiny_tokens), layout.tokens_index(tiny_tokens, "train"),
-                 layout.tokens_index(tiny_tokens, "val"), layout.tokens_tokenizer(tiny_tokens),
+                 layout.tokens_index(tiny_tokens, "dev"), layout.tokens_tokenizer(tiny_tokens),
                  layout.tokens_documents(tiny_tokens), layout.tokens_packed(tiny_tokens) / "seg_len.npy"):
         assert path.exists(), path
     run = layout.experiment_run(tmp_path / "exp", "uniform", 2)

@@ -285,13 +285,15 @@ def token_shard_inputs(cfg, tok, jobs: list, topics, domains: list[str], index_v
                   "domains": sha256_json(domains), "topic_names": sha256_json(topics.names),
                   "topics_json": topics_json}
         out = []
-        for _, split_dir, shard in jobs:
+        dev = {"fraction": getattr(cfg, "dev_fraction", 0.0), "seed": getattr(cfg, "dev_seed", 0)}
+        for split, split_dir, shard in jobs:
             rel = str(Path(shard).relative_to(corpus))
             attr = None
             if topics.attr_dir is not None and split_dir == "documents":
                 attr_path = Path(topics.attr_dir) / Path(shard).parent.name / Path(shard).name
                 attr = file_sha256(attr_path, db) if attr_path.exists() else "missing"
-            out.append({**common, "source": rel, "source_sha256": source_sha[rel], "annotation": attr})
+            out.append({**common, "source": rel, "source_sha256": source_sha[rel], "annotation": attr,
+                        "split": split, "dev": dev})
         return out
     finally:
         if db is not None:

@@ -12,7 +12,7 @@ Two levels, chosen by the input:
   change, so the labels still apply). Run ``toremi prepare`` on the result, exactly as on the clean
   corpus: tokenization, sequence index and hashes then come from the one code path that makes them.
 - ``--tokens DIR`` (kind ``tokens``): copies a prepared tokens dir and replaces every token of the
-  topic's training sequences (except ``<|endoftext|>``) by a uniformly random token id; the index
+  topic's train and dev sequences (both come from the training pool) (except ``<|endoftext|>``) by a uniformly random token id; the index
   is unchanged, so no re-tokenization is needed. The manifest's shard hashes and ``data_hash`` are
   updated (by ``prepare_merge.write_derived_manifest``: prepare owns that format) so that runs on
   noisy data never pass for runs on clean data.
@@ -175,9 +175,14 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     vocab, eot = manifest["tokenizer"]["vocab_size"], manifest["tokenizer"]["eot_id"]
     shutil.copytree(src, out, dirs_exist_ok=True)
     layout.tokens_manifest(out).unlink()  # until the shards are rewritten, out is not a complete tokens dir
-    with np.load(layout.tokens_index(src, "train")) as z:
-        shard, offset, length, doc, topics = (z[k] for k in ("shard", "offset", "length", "doc",
-                                                              "topics"))
+    # The dev split is carved from the same (now noisy) pool, so its documents of the topic are
+    # corrupted too: a validation signal from clean text of a noisy topic would be an oracle.
+    parts = []
+    for split in ("train", "dev"):
+        if layout.tokens_index(src, split).exists():
+            with np.load(layout.tokens_index(src, split)) as z:
+                parts.append([z[k] for k in ("shard", "offset", "length", "doc", "topics")])
+    shard, offset, length, doc, topics = (np.concatenate(col) for col in zip(*parts))
     flagged = (topics == tid).any(1)
     chosen = select(sorted(set(doc[flagged].tolist())), cfg.fraction, cfg.seed)
     rows = np.nonzero(flagged & np.isin(doc, np.fromiter(chosen, np.int64, len(chosen))))[0]
@@ -221,8 +226,12 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
     pcfg = from_dict(PrepareConfig, manifest["config"])
     # The topic's documents as the tokens dir labels them (annotations, domains or labels).
     tid = topic_id(manifest["topic_names"], cfg.topic)
-    with np.load(layout.tokens_index(src, "train")) as z:
-        docs = np.unique(z["doc"][(z["topics"] == tid).any(1)])
+    docs = []  # train and dev: both are the training pool
+    for split in ("train", "dev"):
+        if layout.tokens_index(src, split).exists():
+            with np.load(layout.tokens_index(src, split)) as z:
+                docs.append(z["doc"][(z["topics"] == tid).any(1)])
+    docs = np.unique(np.concatenate(docs))
     ids = pq.read_table(layout.tokens_documents(src)).column("id").to_pylist()
     ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(out / "corpus"),
                    annotations=str(pcfg.annotations) if pcfg.annotations else None)

@@ -2,13 +2,20 @@
 
 One token shard per document shard, each with a completion marker, so an interrupted run resumes
 at the first unfinished shard. Documents are cut into windows of at most ``seq_len + 1`` tokens
-(inputs ``[:-1]``, targets ``[1:]``); a window never spans two documents. The held-out documents
-(``corpus/eval``) become the ``val`` split, capped per domain, for validation loss during training.
+(inputs ``[:-1]``, targets ``[1:]``); a window never spans two documents.
+
+Splits: ``train`` and ``dev``. The ``dev`` split is carved from the corpus's *training* documents by
+whole source unit (the ``source`` column; the document id where there is none): a unit goes to dev
+when a seeded hash of (domain, unit) falls below ``dev_fraction``, so every shard decides alone and
+the choice does not depend on shard order or engine. Every in-training signal (validation loss, the
+plateau switch, validation hooks, DoReMi's reference) reads ``dev``; the held-out ``corpus/eval``
+documents are never tokenized here and are read only by ``toremi eval``, so nothing a method adapts
+to has seen the documents it is scored on.
 
 ``packing=docs`` (default) also writes ``packed-train/``: full windows over the documents back to
 back with a CSR segment map (toremi.data.packing). The shards and the per-document index are the
 same in both modes (``packing=none`` output is bit-identical to before packing existed), so one
-tokens dir serves both modes; the val split stays per document so that validation losses compare
+tokens dir serves both modes; the dev split stays per document so that validation losses compare
 across modes.
 """
 
@@ -19,6 +26,7 @@ import itertools
 import json
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +49,7 @@ from toremi.ray_cluster import EngineConfig, as_engine
 from toremi.tokenizer import Tokenizer, check_spec, from_file, load_tokenizer
 
 
-INDEX_VERSION = 2  # bump when the per-shard index gains fields: older shards are redone on resume
+INDEX_VERSION = 3  # bump when the per-shard index gains fields: older shards are redone on resume
 
 
 @dataclass
@@ -54,7 +62,9 @@ class PrepareConfig:
     topics_from: Literal["annotations", "domain", "label", "none"] = "annotations"
     max_topics: int = 3
     batch_docs: int = 8192         # documents per encode_batch call (Rust-parallel)
-    val_sequences_per_domain: int = 256
+    dev_fraction: float = 0.05         # share of each domain's source units carved out as dev
+    dev_seed: int = 0
+    dev_sequences_per_domain: int = 256  # dev windows kept per domain (evenly drawn)
     bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
     packing: Literal["none", "docs"] = "docs"  # docs: also write packed-train/ (full windows)
     engine: EngineConfig | str = "local"  # engine.name=ray: per-shard work on Ray (prepare_ray.py)
@@ -68,6 +78,8 @@ class PrepareConfig:
         check_spec(self.tokenizer)
         if self.packing not in ("none", "docs"):
             raise ValueError(f"packing={self.packing!r}: choose none or docs")
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ValueError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
 
 
 def document_shards(corpus: Path, split: str) -> list[Path]:
@@ -143,9 +155,24 @@ class TopicLookup:
         return out
 
 
-def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int):
-    """Read a document shard and tokenize it (runs in a worker thread: the encoder frees the GIL)."""
-    table = pq.read_table(shard, columns=["id", "text", "domain", "label"])
+def dev_mask(table: pa.Table, fraction: float, seed: int) -> np.ndarray:
+    """True for the documents whose source unit belongs to the dev split (a seeded hash of
+    (domain, unit) below ``fraction``): whole units, decided per document without a global pass."""
+    units = table.column("source" if "source" in table.column_names else "id").to_pylist()
+    domains = table.column("domain").to_pylist()
+    cut = fraction * 2**32
+    return np.fromiter((zlib.crc32(f"{seed}\0{d}\0{u}".encode()) < cut for d, u in zip(domains, units)),
+                       dtype=bool, count=table.num_rows)
+
+
+def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int, split: str = "train",
+                     dev_fraction: float = 0.0, dev_seed: int = 0):
+    """Read the documents of ``split`` (train or dev) from a training shard and tokenize them
+    (runs in a worker thread: the encoder frees the GIL)."""
+    names = pq.ParquetFile(shard).schema_arrow.names
+    table = pq.read_table(shard, columns=[c for c in ("id", "text", "domain", "label", "source") if c in names])
+    dev = dev_mask(table, dev_fraction, dev_seed)
+    table = table.filter(pa.array(dev if split == "dev" else ~dev)).select(["id", "text", "domain", "label"])
     if not pa.types.is_string(table.schema.field("text").type):  # an empty or all-null shard
         table = table.set_column(1, "text", table.column("text").cast(pa.string()))
     texts = [t or "" for t in table.column("text").to_pylist()]
@@ -155,11 +182,11 @@ def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int):
     return table, ids
 
 
-def _prepare_shard(encoded, shard: Path, split_dir: str, tok: Tokenizer, cfg: PrepareConfig,
+def _prepare_shard(encoded, shard: Path, split: str, tok: Tokenizer, cfg: PrepareConfig,
                    topics: TopicLookup, domain_ids: dict[str, int], out_bin: Path,
                    token_bytes: np.ndarray) -> dict:
     table, ids = encoded
-    doc_topics = topics.for_shard(split_dir, shard, table)
+    doc_topics = topics.for_shard("documents", shard, table)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     eot = [tok.eot_id]
     flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, eot) for x in ids),
@@ -176,7 +203,7 @@ def _prepare_shard(encoded, shard: Path, split_dir: str, tok: Tokenizer, cfg: Pr
     with atomic_path(out_bin.with_suffix(".idx.npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **index)
-    if cfg.packing == "docs" and split_dir == "documents":  # packed windows (toremi.data.packing)
+    if cfg.packing == "docs" and split == "train":  # packed windows (toremi.data.packing)
         packed = packmod.pack_shard(lengths, cfg.seq_len, byte_cumsum)
         with atomic_path(out_bin.with_suffix(".pack.npz")) as tmp, open(tmp, "wb") as f:
             np.savez(f, **packed, doc_topics=doc_topics, doc_domain=domain)
@@ -214,12 +241,26 @@ def _sample_texts(shards: list[Path], mb: float):
                 break
 
 
+def corpus_domains(corpus: Path, train_shards: list[Path]) -> list[str]:
+    """Every domain of the corpus (a domain with held-out documents only still gets its id, so
+    domain ids agree with the eval split's)."""
+    return sorted({p.parent.name for p in train_shards + document_shards(corpus, "eval")})
+
+
+def split_jobs(cfg: PrepareConfig, train_shards: list[Path]) -> list[tuple[str, str, Path]]:
+    """``(split, split_dir, shard)`` per token shard: each training shard gives a train and (with
+    ``dev_fraction > 0``) a dev token shard. The held-out eval split is not among them."""
+    jobs = [("train", "documents", s) for s in train_shards]
+    if cfg.dev_fraction > 0:
+        jobs += [("dev", "documents", s) for s in train_shards]
+    return jobs
+
+
 @integrity.locked("prepare", lambda cfg: cfg.out)  # one writer per tokens dir
 def prepare(cfg: PrepareConfig) -> Path:
     t0 = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    integrity.verify_corpus_shards(cfg.corpus, document_shards(cfg.corpus, "train") +
-                                   document_shards(cfg.corpus, "eval"))  # before any text is read
+    integrity.verify_corpus_shards(cfg.corpus, document_shards(cfg.corpus, "train"))  # before any text is read
     if cfg.engine.name == "ray":
         from toremi.prepare_ray import prepare_ray
 
@@ -227,8 +268,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = _resolve_tokenizer(cfg)
     train_shards = document_shards(cfg.corpus, "train")
-    eval_shards = document_shards(cfg.corpus, "eval")
-    domains = sorted({p.parent.name for p in train_shards + eval_shards})
+    domains = corpus_domains(cfg.corpus, train_shards)
     domain_ids = {d: i for i, d in enumerate(domains)}
     topics = TopicLookup(cfg, domains)
     if topics.warning:
@@ -237,7 +277,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         for shard in train_shards:
             topics.for_shard("documents", shard, pq.read_table(shard, columns=["label", "domain"]))
     token_bytes = tok.token_byte_lengths()
-    jobs = [("train", "documents", s) for s in train_shards] + [("val", "eval", s) for s in eval_shards]
+    jobs = split_jobs(cfg, train_shards)
     stats: list[dict] = []
     out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
     inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, INDEX_VERSION)
@@ -245,17 +285,19 @@ def prepare(cfg: PrepareConfig) -> Path:
     todo = [k for k in range(len(jobs)) if k not in finished]
     # Tokenize the next shard in a thread while this one is cut, indexed and written.
     pool = ThreadPoolExecutor(max_workers=1)
-    pending = {k: pool.submit(_read_and_encode, jobs[k][2], tok, cfg.batch_docs) for k in todo[:1]}
+    encode = lambda k: pool.submit(_read_and_encode, jobs[k][2], tok, cfg.batch_docs, jobs[k][0],  # noqa: E731
+                                   cfg.dev_fraction, cfg.dev_seed)
+    pending = {k: encode(k) for k in todo[:1]}
     bar = tqdm(jobs, desc="prepare", unit="shard", disable=None)
-    for k, (split, split_dir, shard) in enumerate(bar):
+    for k, (split, _, shard) in enumerate(bar):
         out_bin = out_bins[k]
         if k in finished:
             info = finished[k]
         else:
             nxt = todo.index(k) + 1
             if nxt < len(todo):
-                pending[todo[nxt]] = pool.submit(_read_and_encode, jobs[todo[nxt]][2], tok, cfg.batch_docs)
-            info = _prepare_shard(pending.pop(k).result(), shard, split_dir, tok, cfg, topics,
+                pending[todo[nxt]] = encode(todo[nxt])
+            info = _prepare_shard(pending.pop(k).result(), shard, split, tok, cfg, topics,
                                   domain_ids, out_bin, token_bytes)
             merge.record_shard(cfg, info, split, shard, out_bin, inputs[k], INDEX_VERSION)
         stats.append(info)
@@ -267,7 +309,7 @@ def prepare(cfg: PrepareConfig) -> Path:
 def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
     """Merge per-shard indexes into one per split, assign global doc ids, write the manifest."""
     doc_ids: list[str] = []
-    parts: dict[str, list[dict]] = {"train": [], "val": []}
+    parts: dict[str, list[dict]] = {"train": [], "dev": []}
     rng = np.random.default_rng(0)
     for shard_no, info in enumerate(stats):
         with np.load(cfg.out / Path(info["path"]).with_suffix(".idx.npz")) as z:
@@ -280,9 +322,9 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
         merged = {k: np.concatenate([p[k] for p in items]) if items else np.zeros(
             (0, cfg.max_topics) if k == "topics" else 0, dtype=np.int32)
             for k in ("shard", "offset", "length", "bytes", "doc", "domain", "topics")}
-        if split == "val" and len(merged["offset"]):  # cap per domain, spread over documents
+        if split == "dev" and len(merged["offset"]):  # cap per domain, spread over documents
             keep = np.concatenate([
-                rng.permutation(np.nonzero(merged["domain"] == d)[0])[: cfg.val_sequences_per_domain]
+                rng.permutation(np.nonzero(merged["domain"] == d)[0])[: cfg.dev_sequences_per_domain]
                 for d in np.unique(merged["domain"])])
             merged = {k: v[np.sort(keep)] for k, v in merged.items()}
         with atomic_path(layout.tokens_index(cfg.out, split)) as tmp:

@@ -86,11 +86,11 @@ def merge_split_streamed(cfg, stats: list[dict], split: str) -> int:
     doc_base = np.concatenate([[0], np.cumsum([s["documents"] for s in stats])]).astype(int)
     entries = [(no, info, int(doc_base[no])) for no, info in enumerate(stats) if info["split"] == split]
     keep = None
-    if split == "val" and entries:
+    if split == "dev" and entries:
         domain = np.concatenate([_index_part(cfg, *e, "domain") for e in entries])
         if len(domain):
             rng = np.random.default_rng(0)
-            sel = np.sort(np.concatenate([rng.permutation(np.nonzero(domain == d)[0])[:cfg.val_sequences_per_domain]
+            sel = np.sort(np.concatenate([rng.permutation(np.nonzero(domain == d)[0])[:cfg.dev_sequences_per_domain]
                                           for d in np.unique(domain)]))
             bounds = np.cumsum([0] + [int(e[1]["sequences"]) for e in entries])
             keep = [sel[(sel >= a) & (sel < b)] - a for a, b in zip(bounds[:-1], bounds[1:])]
@@ -204,17 +204,17 @@ def write_manifest(cfg, tok, stats: list[dict], shard_sha: list[str], domains: l
     per_domain: dict[str, dict] = {}
     for s in stats:
         d = per_domain.setdefault(s["domain"], {"train": dict(documents=0, tokens=0, bytes=0),
-                                                "val": dict(documents=0, tokens=0, bytes=0)})
+                                                "dev": dict(documents=0, tokens=0, bytes=0)})
         for key in ("documents", "tokens", "bytes"):
             d[s["split"]][key] += s[key]
-    index_hashes = {split: sha256_file(layout.tokens_index(cfg.out, split)) for split in ("train", "val")}
+    index_hashes = {split: sha256_file(layout.tokens_index(cfg.out, split)) for split in ("train", "dev")}
     data_hash = sha256_json([[s["sha256"] for s in shards], index_hashes, topics.names, tok.fingerprint, cfg.seq_len])
     manifest = {
         "format": "toremi.tokens/1", "toremi_version": __version__,
         "tokenizer": tok.info(), "seq_len": cfg.seq_len, "topic_names": topics.names,
         "topics_from": cfg.topics_from, "domain_names": domains, "shards": shards,
         "index_sha256": index_hashes, "per_domain": per_domain, "sequences": sequences,
-        "tokens": {split: int(sum(s["tokens"] for s in stats if s["split"] == split)) for split in ("train", "val")},
+        "tokens": {split: int(sum(s["tokens"] for s in stats if s["split"] == split)) for split in ("train", "dev")},
         "data_hash": data_hash, "config": to_dict(cfg), "seconds": round(seconds, 2),
         **_fills(cfg, stats, domains, data_hash),
     }

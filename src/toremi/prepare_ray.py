@@ -51,8 +51,8 @@ def shard_map(item: dict) -> dict:
         topics.names = list(item["label_names"])
         topics._labels = {n: i for i, n in enumerate(topics.names)}
     shard, out_bin = Path(item["shard"]), Path(item["out_bin"])
-    encoded = P._read_and_encode(shard, tok, cfg.batch_docs)
-    info = P._prepare_shard(encoded, shard, item["split_dir"], tok, cfg, topics,
+    encoded = P._read_and_encode(shard, tok, cfg.batch_docs, item["split"], cfg.dev_fraction, cfg.dev_seed)
+    info = P._prepare_shard(encoded, shard, item["split"], tok, cfg, topics,
                             {d: i for i, d in enumerate(item["domains"])}, out_bin, tok.token_byte_lengths())
     merge.record_shard(cfg, info, item["split"], shard, out_bin, item["inputs"], P.INDEX_VERSION)
     info.pop("doc_ids")  # they stay in the meta file
@@ -70,15 +70,14 @@ def prepare_ray(cfg: P.PrepareConfig) -> Path:
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = P._resolve_tokenizer(cfg)
     train_shards = P.document_shards(cfg.corpus, "train")
-    eval_shards = P.document_shards(cfg.corpus, "eval")
-    domains = sorted({p.parent.name for p in train_shards + eval_shards})
+    domains = P.corpus_domains(cfg.corpus, train_shards)
     topics = P.TopicLookup(cfg, domains)
     if topics.warning:
         print(f"toremi prepare: warning: {topics.warning}")
     if cfg.topics_from == "label":  # one column per shard, read in turn: bounded
         for shard in train_shards:
             topics.for_shard("documents", shard, pq.read_table(shard, columns=["label", "domain"]))
-    jobs = [("train", "documents", s) for s in train_shards] + [("val", "eval", s) for s in eval_shards]
+    jobs = P.split_jobs(cfg, train_shards)
     out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
     inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, P.INDEX_VERSION)
     finished = merge.plan(cfg, jobs, out_bins, inputs)
@@ -97,7 +96,7 @@ def prepare_ray(cfg: P.PrepareConfig) -> Path:
     shas = [None] * len(jobs)
     for i, sha in stream_small(map_items(ray, sha_map, [{"path": str(p)} for p in out_bins], "sha")):
         shas[i] = sha
-    sequences = {split: merge.merge_split_streamed(cfg, stats, split) for split in ("train", "val")}
+    sequences = {split: merge.merge_split_streamed(cfg, stats, split) for split in ("train", "dev")}
     with atomic_path(layout.tokens_documents(cfg.out)) as tmp:
         with pq.ParquetWriter(tmp, pa.schema([("id", pa.string())])) as w:
             for s in stats:

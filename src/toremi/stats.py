@@ -163,7 +163,7 @@ def unigram_cross_entropy(tokens_dir: str | Path) -> dict:
             c += np.bincount(toks[idx], minlength=ds.vocab_size)[: ds.vocab_size]
         return c
 
-    train, val = counts("train"), counts("val")
+    train, val = counts("train"), counts("dev")
     p = (train + 1) / (train.sum() + len(train))
     q = train[train > 0] / train.sum()
     return {"val_ce": float(-(val * np.log(p)).sum() / val.sum()),

@@ -47,6 +47,17 @@ def lr_lambda(cfg: TrainConfig, total: int):
     return f
 
 
+def dev_split(tokens_dir) -> TokenDataset | None:
+    """The dev split (carved from training documents) that every in-training signal reads; a tokens
+    dir from before it existed held the eval documents as ``val`` and is refused, not read."""
+    if layout.tokens_index(tokens_dir, "dev").exists():
+        return TokenDataset(tokens_dir, "dev")
+    if layout.tokens_index(tokens_dir, "val").exists():
+        raise ValueError(f"{tokens_dir}: its validation split is the held-out eval split (prepared by an "
+                         f"older toremi); re-run `toremi prepare` to carve a dev split from the training documents")
+    return None
+
+
 class Trainer:
     """Data, model, optimizer, logs and checkpoints around a step engine and its Reweighter."""
 
@@ -56,7 +67,7 @@ class Trainer:
             raise ValueError("set tokens_dir (--tokens) and out (--out)")
         self.run_dir = Path(cfg.out)
         self.ds = TokenDataset(cfg.tokens_dir, packing=cfg.packing)
-        self.val = TokenDataset(cfg.tokens_dir, "val") if layout.tokens_index(cfg.tokens_dir, "val").exists() else None
+        self.val = dev_split(cfg.tokens_dir)  # never the held-out eval documents
         self.K = self.ds.num_topics
         labelled = self.ds.topics[self.ds.topics >= 0]
         self.topic_counts = torch.from_numpy(np.bincount(labelled, minlength=self.K).astype(np.float64))
