@@ -30,6 +30,7 @@ class FakeLLM:
                 pass
 
             def do_POST(self):
+                fake.headers = dict(self.headers)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][0]["content"]
                 kind = prompt.split("corpus:\n", 1)[1].split(",")[0].strip()
@@ -173,10 +174,12 @@ def test_no_key_sends_no_authorization_and_ignores_client_env(server, tmp_path, 
     # api_key_env="" means no key at all: the openai client's own OPENAI_API_KEY default is not used
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # the configured base_url wins
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-not-configured")
     cfg = LLMConfig(base_url=server.url, api_key_env="", timeout=2.0, retries=0)
     out = LLMLabeller(TopicSet.load(), cfg, Fallback(), tmp_path / "c.jsonl").label(
         {0: {"keywords": ["good", "x"], "centroid": None, "size": 1}})
     assert out[0]["labels"] == ["Sports"] and server.auth == {None}
+    assert not any(k.lower().startswith("openai-") for k in server.headers)
     # a named variable that is unset: also no header
     cfg = LLMConfig(base_url=server.url, api_key_env="TOREMI_TEST_UNSET_KEY", timeout=2.0, retries=0)
     monkeypatch.delenv("TOREMI_TEST_UNSET_KEY", raising=False)

@@ -15,8 +15,9 @@ calls run concurrently in a bounded thread pool, and valid answers go to a persi
 by sha256(model + prompt), so a rerun costs nothing. A cluster whose attempts all fail is labelled
 by the fallback (similarity) labeller and its evidence records why. The API key is read from the
 environment variable named by ``api_key_env`` (no other variable: the client's own
-``OPENAI_API_KEY``/``OPENAI_BASE_URL`` defaults are overridden), sent only as the bearer header
-(none at all when the variable is empty or unset), and never logged.
+``OPENAI_API_KEY``/``OPENAI_BASE_URL``/``OPENAI_ORG_ID``/``OPENAI_PROJECT_ID`` defaults are
+overridden), sent only as the bearer header (none at all when the variable is empty or unset), and
+never logged.
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ class LLMLabeller(Labeller):
                     from openai import Omit
                 except ImportError:  # exported only by newer releases
                     from openai._types import Omit
-                self._headers = {} if key else {"Authorization": Omit()}
+                # nothing the config does not name: no organization/project from the client's env
+                self._headers = {"OpenAI-Organization": Omit(), "OpenAI-Project": Omit(),
+                                 **({} if key else {"Authorization": Omit()})}
             return self._openai
 
     def close(self) -> None:
