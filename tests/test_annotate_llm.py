@@ -30,6 +30,7 @@ class FakeLLM:
                 pass
 
             def do_POST(self):
+                fake.headers = dict(self.headers)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][0]["content"]
                 kind = prompt.split("corpus:\n", 1)[1].split(",")[0].strip()
@@ -167,3 +168,30 @@ def test_pipeline_with_llm_labeller_reruns_from_cache(server, tmp_path):
     ann.label()
     doc = json.loads((tmp_path / "ann" / "topics.json").read_text())
     assert doc["llm"] == {"requests": 0, "cache_hits": 3, "fallbacks": 0}
+
+
+def test_no_key_sends_no_authorization_and_ignores_client_env(server, tmp_path, monkeypatch):
+    # api_key_env="" means no key at all: the openai client's own OPENAI_API_KEY default is not used
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # the configured base_url wins
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-not-configured")
+    cfg = LLMConfig(base_url=server.url, api_key_env="", timeout=2.0, retries=0)
+    out = LLMLabeller(TopicSet.load(), cfg, Fallback(), tmp_path / "c.jsonl").label(
+        {0: {"keywords": ["good", "x"], "centroid": None, "size": 1}})
+    assert out[0]["labels"] == ["Sports"] and server.auth == {None}
+    assert not any(k.lower().startswith("openai-") for k in server.headers)
+    # a named variable that is unset: also no header
+    cfg = LLMConfig(base_url=server.url, api_key_env="TOREMI_TEST_UNSET_KEY", timeout=2.0, retries=0)
+    monkeypatch.delenv("TOREMI_TEST_UNSET_KEY", raising=False)
+    LLMLabeller(TopicSet.load(), cfg, Fallback(), tmp_path / "c2.jsonl").label(
+        {0: {"keywords": ["flaky", "x"], "centroid": None, "size": 1}})
+    assert server.auth == {None}
+
+
+def test_missing_openai_package_is_one_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai -> ImportError
+    lab = LLMLabeller(TopicSet.load(), LLMConfig(api_key_env=""), Fallback(), tmp_path / "c.jsonl")
+    with pytest.raises(RuntimeError, match=r"toremi\[llm\]"):
+        lab.label({0: {"keywords": ["a"], "centroid": None, "size": 1}})

@@ -24,6 +24,7 @@ STAGES = {
     "train": ("toremi.train.cli", "pre-train a GPT-2 with a data-mixing method"),
     "eval": ("toremi.evaluate.cli", "per-domain perplexity and downstream accuracy"),
     "experiment": ("toremi.experiment", "grid of methods x seeds, evaluated and tabulated"),
+    "remap": ("toremi.remap", "carry per-topic weights of a run over to a new topic set"),
     "noise": ("toremi.noise", "corrupt one topic of the training data (noise experiment)"),
     "report": ("toremi.report", "HTML report and PNG plots from runs and evaluations"),
     "demo": ("toremi.demo", "the whole pipeline on a small slice of the shipped corpus"),

@@ -2,27 +2,34 @@
 ollama, SGLang, hosted APIs) picks 1-3 topics per cluster from the cluster's first 50 keywords,
 as in the ToReMi authors' pipeline (they used llama3-70b).
 
+The HTTP side is the maintained ``openai`` client (extra ``llm``: ``pip install 'toremi[llm]'``),
+one client shared by the worker threads, with its own retries off: an attempt is one request, and
+this module decides what is retried, because an answer outside the topic set or in the wrong format
+is as much a failed attempt as an HTTP 500 and the evidence records every attempt's reason.
+
 Robustness, because a labelling run makes thousands of calls: answers are validated strictly
-against the topic set (anything else is a failed attempt), failed attempts are retried with
-exponential backoff, every call has a timeout, calls run concurrently in a bounded thread pool,
-and valid answers go to a persistent cache keyed by sha256(model + prompt), so a rerun costs
-nothing. A cluster whose attempts all fail is labelled by the fallback (similarity) labeller and
-its evidence records why. The API key is read from an environment variable and never logged.
+against the topic set (anything else is a failed attempt), failed attempts (429, 5xx, timeouts,
+refused or reset connections, non-JSON bodies, invalid answers) are retried with exponential
+backoff plus jitter, other 4xx (a bad key, a wrong model) are not; every request has a timeout;
+calls run concurrently in a bounded thread pool, and valid answers go to a persistent cache keyed
+by sha256(model + prompt), so a rerun costs nothing. A cluster whose attempts all fail is labelled
+by the fallback (similarity) labeller and its evidence records why. The API key is read from the
+environment variable named by ``api_key_env`` (no other variable: the client's own
+``OPENAI_API_KEY``/``OPENAI_BASE_URL``/``OPENAI_ORG_ID``/``OPENAI_PROJECT_ID`` defaults are
+overridden), sent only as the bearer header (none at all when the variable is empty or unset), and
+never logged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.client
 import json
 import os
 import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,36 +132,63 @@ class LLMLabeller(Labeller):
         self.name = f"llm:{cfg.model}"
         self.requests = 0
         self._lock = threading.Lock()
+        self._openai, self._headers = None, {}
 
     def prompt(self, keywords: list[str]) -> str:
         return PROMPT.format(keywords=", ".join(keywords[:self.cfg.n_keywords]),
                              labels="\n".join(self.topics.names))
 
+    def _client(self):
+        """The shared ``openai.OpenAI`` client (thread-safe), built on first use."""
+        with self._lock:
+            if self._openai is None:
+                try:
+                    import openai
+                except ImportError:
+                    raise RuntimeError("label.labeller=llm needs the openai package: "
+                                       "pip install 'toremi[llm]'") from None
+                key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
+                # no key: a placeholder satisfies the client and the header is omitted per request
+                self._openai = openai.OpenAI(base_url=self.cfg.base_url, api_key=key or "unused",
+                                             timeout=self.cfg.timeout, max_retries=0)
+                try:
+                    from openai import Omit
+                except ImportError:  # exported only by newer releases
+                    from openai._types import Omit
+                # nothing the config does not name: no organization/project from the client's env
+                self._headers = {"OpenAI-Organization": Omit(), "OpenAI-Project": Omit(),
+                                 **({} if key else {"Authorization": Omit()})}
+            return self._openai
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._openai = self._openai, None
+        if client is not None:
+            client.close()
+
     def _post(self, prompt: str) -> str:
-        body = json.dumps({"model": self.cfg.model, "temperature": self.cfg.temperature,
-                           "max_tokens": self.cfg.max_tokens,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env, "") if self.cfg.api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.cfg.base_url.rstrip("/") + "/chat/completions",
-                                     data=body, headers=headers, method="POST")
+        """One request (one attempt): the answer's text, or LLMError saying whether to retry."""
+        import openai
+
+        client = self._client()
         with self._lock:
             self.requests += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            retry = exc.code == 429 or exc.code >= 500
-            raise LLMError(f"HTTP {exc.code}", retry=retry) from None
-        except (TimeoutError, OSError, http.client.HTTPException) as exc:  # socket timeout, refused, reset (URLError is OSError)
-            raise LLMError(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
-        except ValueError:
+            resp = client.chat.completions.create(
+                model=self.cfg.model, temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+                messages=[{"role": "user", "content": prompt}], extra_headers=self._headers)
+        except openai.APIStatusError as exc:
+            code = exc.status_code
+            raise LLMError(f"HTTP {code}", retry=code == 429 or code >= 500) from None
+        except openai.APIConnectionError as exc:  # timeouts (APITimeoutError), refused, reset
+            cause = exc.__cause__
+            detail = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else ""
+            raise LLMError(f"{type(exc).__name__}: {exc}{detail}") from None
+        except (ValueError, openai.APIResponseValidationError):  # JSONDecodeError is a ValueError
             raise LLMError("response is not JSON") from None
         try:
-            return payload["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
+            return resp.choices[0].message.content or ""
+        except (AttributeError, IndexError, KeyError, TypeError):
             raise LLMError("response lacks choices[0].message.content") from None
 
     def ask(self, keywords: list[str]) -> tuple[list[int], dict]:
@@ -193,8 +227,13 @@ class LLMLabeller(Labeller):
             except LLMError as exc:
                 return cid, None, exc.reason
 
-        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            results = list(pool.map(one, cids))
+        if any(clusters[c].get("keywords") for c in cids):
+            self._client()  # a missing package or a bad base_url fails here, once, not per cluster
+        try:
+            with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+                results = list(pool.map(one, cids))
+        finally:
+            self.close()
         out, failed = {}, {}
         for cid, res, reason in results:
             if res is None:
