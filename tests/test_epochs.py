@@ -20,19 +20,29 @@ from toremi.train import train
 from toremi.train.step import StepEngine
 
 
+def pieces(ds: TokenDataset, r: int) -> list[tuple[list[int], int]]:
+    """(topics, target tokens) of each piece of text in row ``r``: the sequence, or the document
+    pieces of a packed window."""
+    if not ds.packed:
+        return [([t for t in ds.topics[r].tolist() if t >= 0], int(ds.length[r]) - 1)]
+    p = ds.pack
+    return [([t for t in p["doc_topics"][p["seg_doc"][j]].tolist() if t >= 0], int(p["seg_len"][j]))
+            for j in range(int(p["seg_ptr"][r]), int(p["seg_ptr"][r + 1]))]
+
+
 def hand_tokens(ds: TokenDataset, rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """[K] target tokens of ``rows`` per topic, each row's tokens split evenly over its topics."""
+    """[K] target tokens of ``rows`` per topic, each piece's tokens split evenly over its topics."""
     out = np.zeros(ds.num_topics)
     for r in rows.tolist():  # a plain loop on purpose: an independent count
-        topics = [t for t in ds.topics[r].tolist() if t >= 0]
-        n = int(ds.length[r]) - 1
-        s = 1.0 if weights is None else float(np.mean([weights[t] for t in topics]))
-        for t in topics:
-            out[t] += s * n / len(topics)
+        for topics, n in pieces(ds, r):
+            s = 1.0 if weights is None else float(np.mean([weights[t] for t in topics]))
+            for t in topics:
+                out[t] += s * n / len(topics)
     return out
 
 
-def test_counters_match_a_hand_count(tiny_tokens, tmp_path, monkeypatch):
+@pytest.mark.parametrize("packing", ["docs", "none"])
+def test_counters_match_a_hand_count(packing, tiny_tokens, tmp_path, monkeypatch):
     seen = []
     orig = StepEngine.train_step
 
@@ -42,8 +52,8 @@ def test_counters_match_a_hand_count(tiny_tokens, tmp_path, monkeypatch):
 
     monkeypatch.setattr(StepEngine, "train_step", recording)
     run = train(cfg(tiny_tokens, tmp_path / "run", "method.name=oracle", "method.oracle.topic=1",
-                    "method.oracle.factor=3", "steps=6", "eval_every=0"))
-    ds = TokenDataset(tiny_tokens)
+                    "method.oracle.factor=3", "steps=6", "eval_every=0", f"packing={packing}"))
+    ds = TokenDataset(tiny_tokens, packing=packing)
     avail = hand_tokens(ds, np.arange(len(ds)))
     info = read_json(run / "run.json")
     assert info["topic_tokens_available"] == pytest.approx(avail.tolist())
@@ -58,7 +68,7 @@ def test_counters_match_a_hand_count(tiny_tokens, tmp_path, monkeypatch):
     rows = np.concatenate(seen)
     assert info["topic_tokens_seen"] == pytest.approx(hand_tokens(ds, rows).tolist())
     assert info["topic_weighted_epochs"][1] == pytest.approx(3 * info["topic_epochs"][1])
-    assert sum(info["topic_tokens_seen"]) == pytest.approx(sum(int(ds.length[r]) - 1 for r in rows))
+    assert sum(info["topic_tokens_seen"]) == pytest.approx(sum(n for r in rows for _, n in pieces(ds, r)))
 
 
 def test_sampling_runs_log_no_weighted_epochs(tiny_tokens, tmp_path):
