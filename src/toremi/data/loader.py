@@ -17,6 +17,14 @@ window among those carrying it with probability proportional to that topic's sha
 expected share of topic-k tokens follows ``p`` while every window stays full. Unlabelled tokens
 keep their natural share. (Drawing documents instead would mean packing at load time and a state
 that grows with the batch; windows keep the state tiny and resume exact.)
+
+Epoch accounting: the loader knows every global index it draws (all ranks draw the same), so it
+counts, per topic, the target tokens drawn (``topic_tokens`` [K+1], last slot = unlabelled) with
+one ``bincount`` per batch on the host: exact over ranks, no device read, and in the state so a
+resume continues the count. A sequence (or window piece) with m topics credits each 1/m of its
+tokens, the convention packed sampling already uses. ``max_repetition`` caps topic sampling: a
+topic whose drawn tokens reached ``cap x its tokens in the split`` is left out of the next draws
+(the others renormalise); it can overshoot by at most one global batch.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ class Batch:
 
 class BatchLoader:
     def __init__(self, dataset: TokenDataset, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, max_repetition: float | None = None):
         if len(dataset) == 0:
             raise ValueError(f"{dataset.dir}: split {dataset.split!r} has no sequences")
         if not 0 <= rank < world_size:
@@ -71,6 +79,59 @@ class BatchLoader:
         self.topic_probs: torch.Tensor | None = None
         self._perm: np.ndarray | None = None
         self._build_topic_buckets()
+        self._build_token_table()
+        self.max_repetition = max_repetition
+        self.topic_tokens = np.zeros(self.ds.num_topics + 1, dtype=np.float64)  # drawn so far
+
+    # -- epoch accounting: CSR of row -> (bucket, target tokens credited) -----------------------
+    def _build_token_table(self) -> None:
+        """Per row (sequence or packed window): the target tokens each topic is credited with."""
+        k = self.ds.num_topics
+        if self.ds.packed:
+            from toremi.data.packing import topic_shares
+
+            p = self.ds.pack
+            seg_len = np.asarray(p["seg_len"])
+            win, bucket, share = topic_shares(np.asarray(p["seg_ptr"]), seg_len,
+                                              np.asarray(p["seg_doc"]), np.asarray(p["doc_topics"]), k)
+            win_of_seg = np.repeat(np.arange(len(self.ds)), np.diff(np.asarray(p["seg_ptr"])))
+            win_tokens = np.bincount(win_of_seg, weights=seg_len, minlength=len(self.ds))
+            tokens = share * np.maximum(win_tokens, 1)[win]  # topic_shares sorts by (window, bucket)
+        else:
+            topics = self.ds.topics if self.ds.topics.ndim == 2 and self.ds.topics.shape[1] else \
+                np.full((len(self.ds), 1), -1)
+            m = (topics >= 0).sum(1)
+            n = np.maximum(self.ds.length.astype(np.int64) - 1, 0)  # targets: all but the first token
+            bucket = np.where(topics >= 0, topics, -1).astype(np.int64)
+            bucket[:, 0] = np.where(m == 0, k, bucket[:, 0])
+            win, cols = np.nonzero(bucket >= 0)  # row-major: sorted by row
+            bucket = bucket[win, cols]
+            tokens = (n / np.maximum(m, 1))[win]
+        self._tok_ptr = np.concatenate([[0], np.cumsum(np.bincount(win, minlength=len(self.ds)))])
+        self._tok_bucket, self._tok_count = bucket.astype(np.int64), tokens.astype(np.float64)
+        self.topic_available = np.bincount(self._tok_bucket, weights=self._tok_count, minlength=k + 1)
+
+    def _count(self, indices: np.ndarray) -> None:
+        """topic_tokens += the tokens of rows ``indices`` per topic (vectorised over the CSR)."""
+        lo, hi = self._tok_ptr[indices], self._tok_ptr[indices + 1]
+        n = hi - lo
+        entries = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        self.topic_tokens += np.bincount(self._tok_bucket[entries], weights=self._tok_count[entries],
+                                         minlength=len(self.topic_tokens))
+
+    def under_cap(self) -> np.ndarray:
+        """[K] bool: topics whose drawn tokens are still below ``max_repetition`` x available."""
+        k = self.ds.num_topics
+        if self.max_repetition is None:
+            return np.ones(k, dtype=bool)
+        return self.topic_tokens[:k] < self.max_repetition * self.topic_available[:k]
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """[K] effective epochs so far: tokens drawn / tokens in the split (0 where it has none)."""
+        k = self.ds.num_topics
+        avail = self.topic_available[:k]
+        return np.where(avail > 0, self.topic_tokens[:k] / np.maximum(avail, 1e-300), 0.0)
 
     # -- topic buckets: CSR of topic -> sequence rows, last bucket = unlabelled -----------------
     def _build_topic_buckets(self) -> None:
@@ -140,9 +201,17 @@ class BatchLoader:
                 self.epoch, self.position, self._perm = self.epoch + 1, 0, None
         return np.concatenate(out)
 
+    def _capped_probs(self) -> torch.Tensor:
+        """The topic probabilities renormalised over the topics under the cap (all of them capped:
+        the cap cannot hold any more, so the method's own probabilities are used)."""
+        if self.max_repetition is None:
+            return self.topic_probs
+        p = self.topic_probs * torch.from_numpy(self.under_cap())
+        return p / p.sum() if p.sum() > 0 else self.topic_probs
+
     def _topic_indices(self, n: int) -> np.ndarray:
         share = self._unlabelled_share
-        probs = torch.cat([self.topic_probs * (1 - share), torch.tensor([share], dtype=torch.float64)])
+        probs = torch.cat([self._capped_probs() * (1 - share), torch.tensor([share], dtype=torch.float64)])
         probs = probs * (self._bucket_counts > 0)
         buckets = torch.multinomial(probs, n, replacement=True, generator=self.generator)
         u = torch.rand(n, generator=self.generator, dtype=torch.float64)
@@ -157,8 +226,11 @@ class BatchLoader:
 
     def next_global_indices(self) -> np.ndarray:
         if self.topic_probs is None:
-            return self._shuffled_indices(self.global_batch)
-        return self._topic_indices(self.global_batch)
+            indices = self._shuffled_indices(self.global_batch)
+        else:
+            indices = self._topic_indices(self.global_batch)
+        self._count(indices)
+        return indices
 
     def next_batch(self) -> Batch:
         indices = self.next_global_indices()
@@ -175,7 +247,7 @@ class BatchLoader:
                 "generator": self.generator.get_state(),
                 "topic_probs": None if self.topic_probs is None else self.topic_probs.clone(),
                 "global_batch": self.global_batch, "data_hash": self.ds.data_hash,
-                "packing": self.ds.packing}
+                "packing": self.ds.packing, "topic_tokens": torch.from_numpy(self.topic_tokens.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("packing", "none") != self.ds.packing:
@@ -190,3 +262,5 @@ class BatchLoader:
         self.generator.set_state(state["generator"])
         self.topic_probs = state["topic_probs"]
         self._perm = None
+        if "topic_tokens" in state:  # absent in states written before epoch accounting
+            self.topic_tokens = state["topic_tokens"].double().numpy().copy()

@@ -214,6 +214,10 @@ class Method:
         """Extra fields for this update's weights.jsonl record (diagnosis, averages...)."""
         return {}
 
+    def check_data(self, data_info: dict) -> None:
+        """The target data (``topic_names``, ``tokenizer`` of the tokens manifest), before training:
+        a method that reads another run (replay) refuses data that run was not trained on."""
+
     def on_eval(self, step: int, val_loss: float) -> None:
         """Called after each evaluation (used by the plateau stage switch)."""
 

@@ -8,7 +8,8 @@ Model Pretraining"), in three runs on the same tokens:
    distribution: α ← (1 - c) α + c u. The proxy trains with α as topic loss weights (x K, mean 1);
    every record holds the running average ᾱ;
 3. main: ``method=doremi method.doremi.weights_from=PROXY_RUN`` samples topics with the proxy's
-   final ᾱ, fixed for the whole run.
+   final ᾱ, fixed for the whole run: a replay of the proxy (toremi.methods.replay, field
+   ``doremi_avg``, mode average, apply sampling), refused on other topics or another tokenizer.
 
 Differences from the paper, by design: domains are topics; the excess loss is clipped per sample
 (on the per-token mean), not per token; a topic absent from an update interval gets λ = 0, as a
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from toremi import layout
-from toremi.io import read_jsonl
 from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+from toremi.methods.replay import ReplaySource, convert
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -79,19 +80,17 @@ class DoReMi(Method):
             self.weights = self.alpha * self.num_topics
         else:
             self.uses_sampling = True
-            self.probs = self._proxy_average(Path(o.weights_from))
+            self.proxy = ReplaySource(o.weights_from, "doremi_avg", missing_hint=(
+                " (no DoReMi averages); weights_from must be a finished proxy run "
+                "(method=doremi method.doremi.reference=REF_RUN)"), what="doremi")
+            avg = self.proxy.average()
+            if avg.shape[0] != self.num_topics:
+                raise ValueError(f"doremi: {o.weights_from} has {avg.shape[0]} topics, this data has {self.num_topics}")
+            self.weights, self.probs = convert(avg, self.present, True, "sampling")
 
-    def _proxy_average(self, run: Path) -> Tensor:
-        path = layout.run_weights(run)
-        recs = [r for r in read_jsonl(path) if r.get("doremi_avg")] if path.exists() else []
-        if not recs:
-            raise ValueError(f"doremi: {path} has no DoReMi averages; weights_from must be a "
-                             f"finished proxy run (method=doremi method.doremi.reference=REF_RUN)")
-        avg = torch.tensor(recs[-1]["doremi_avg"], dtype=torch.float64)
-        if avg.shape[0] != self.num_topics:
-            raise ValueError(f"doremi: {run} has {avg.shape[0]} topics, this data has {self.num_topics}")
-        avg = torch.where(self.present, avg, torch.zeros_like(avg))
-        return avg / avg.sum()
+    def check_data(self, data_info: dict) -> None:
+        if self.uses_sampling:  # main run: the proxy must be on these topics and this tokenizer
+            self.proxy.check(data_info)
 
     def _update(self, step, loss_sum, count):
         if self.uses_sampling:  # main run: fixed mixture

@@ -20,10 +20,18 @@ def train(cfg: TrainConfig) -> Path:
     d = distributed.setup(cfg.device)
     try:
         # One writer per run dir (rank 0 holds it for all ranks); every shard checked before use.
+        fresh = bool(cfg.out) and not Path(cfg.out).exists()
         lock = integrity.hold_lock(cfg.out, "train") if d.is_main and cfg.out else None
         try:
             verified = integrity.verify_tokens(cfg.tokens_dir) if cfg.tokens_dir else None
-            trainer = Trainer(cfg, d)
+            try:
+                trainer = Trainer(cfg, d)
+            except ValueError:  # refused input (e.g. max_repetition): leave no run dir behind
+                if lock and fresh:
+                    lock.release()
+                    lock = None
+                    _remove_empty_run_dir(Path(cfg.out), integrity.LOCK_NAME)
+                raise
             run_dir = trainer.run()
             if d.is_main and layout.run_info(run_dir).exists():
                 info = read_json(layout.run_info(run_dir))
@@ -35,6 +43,13 @@ def train(cfg: TrainConfig) -> Path:
                 lock.release()
     finally:
         distributed.cleanup(d)
+
+
+def _remove_empty_run_dir(run: Path, lock_name: str) -> None:
+    """A run dir this call created, holding nothing but its lock file, is removed again."""
+    if run.is_dir() and {p.name for p in run.iterdir()} <= {lock_name}:
+        (run / lock_name).unlink(missing_ok=True)
+        run.rmdir()
 
 
 __all__ = ["ModelConfig", "OptimConfig", "TrainConfig", "train"]

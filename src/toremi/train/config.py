@@ -74,6 +74,9 @@ class TrainConfig:
     # packed windows: a topic's statistic is the mean loss of each document piece counted once
     # (segment), or Σ loss / Σ tokens over the topic's tokens (token); see toremi.train.segments
     stat_per: Literal["segment", "token"] = "segment"
+    # cap on any topic's effective epochs (tokens drawn / its tokens in the split); topic sampling
+    # renormalises over the topics under it; a budget it cannot hold is refused before training
+    max_repetition: Optional[float] = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.accum < 1:
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError("steps and tokens must be >= 0")
         if self.log_every < 1:
             raise ValueError("log_every must be >= 1")
+        if self.max_repetition is not None and not self.max_repetition > 0:
+            raise ValueError(f"max_repetition must be > 0 (epochs per topic), got {self.max_repetition}")
 
     def total_steps(self, world_size: int, seq_len: int) -> int:
         if self.steps:

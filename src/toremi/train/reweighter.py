@@ -9,6 +9,9 @@ each sample's loss statistic to its topics. ``step()`` after each optimizer step
 ``interval`` steps the sums are all-reduced (one collective), the method updates, the new weights
 go to the device and the sums restart. A method with a ``reference_run`` also gets, per topic, the
 frozen reference model's loss and the clipped excess loss max(l_i - l_ref_i, 0) (DoReMi).
+Epoch accounting (toremi.train.epochs): ``count_weighted``/``count_weighted_packed`` add each drawn
+target token's loss weight to its topics on the device; the sums travel with the interval's
+statistics (same collective) into ``weighted_tokens``, the run's cumulative per-topic total.
 
 Plain loop::
 
@@ -36,7 +39,7 @@ from toremi import layout
 from toremi.io import append_jsonl, read_json
 from toremi.methods import MethodConfig, build_method, rules
 from toremi.model import per_sample_loss
-from toremi.train import segments
+from toremi.train import epochs, segments
 
 STATE_VERSION = 1
 
@@ -59,9 +62,12 @@ class Reweighter:
         self.log_path = Path(log_path) if log_path else None
         self.records: list[dict] = []
         self.amp = nullcontext()  # the step engine sets its autocast (reference forward)
+        if data_info:
+            self.method.check_data(data_info)  # e.g. replay: same topics and tokenizer as its source
         self.ref_model = self._load_reference(self.method.reference_run, data_info) \
             if self.method.reference_run else None
-        names = ("loss", "count") + (("ref_loss", "excess") if self.ref_model is not None else ())
+        names = ("loss", "count") + (("ref_loss", "excess") if self.ref_model is not None else ()) + ("wtok",)
+        self.weighted_tokens = torch.zeros(self.K, dtype=torch.float64)  # host, through the last update
         self.stats = {k: torch.zeros(self.K + 1, dtype=torch.float64, device=self.device) for k in names}
         self.push_weights()
 
@@ -109,6 +115,16 @@ class Reweighter:
         return model
 
     # ------------------------------------------------------------------ per step (no host sync)
+    def count_weighted(self, s: Tensor, n: Tensor, topic_ids: Tensor) -> None:
+        """Weight-scaled tokens: each sample's s_i x n_i (target tokens) to its topics, on device."""
+        epochs.credit(self.stats["wtok"], s.double() * n.double(), topic_ids)
+
+    def count_weighted_packed(self, s_tok: list[Tensor], batches: list) -> None:
+        """Packed: Σ of the per-token weights of each segment to the segment's topics."""
+        for s, b in zip(s_tok, batches):
+            epochs.credit(self.stats["wtok"], segments.segment_sums(s, b.seg_ids, b.seg_topics.shape[0]),
+                          b.seg_topics)
+
     def sample_weights(self, topic_ids: Tensor) -> Tensor:
         """s_i = mean weight of sample i's topics ([B], float32 on the device)."""
         if topic_ids.device != self.w_dev.device:
@@ -272,6 +288,7 @@ class Reweighter:
         names, k = list(self.stats), self.K
         flat = self._all_reduce(torch.cat([self.stats[n][:k] for n in names])).cpu()
         parts = dict(zip(names, flat.split(k) if k else [flat] * len(names)))
+        self.weighted_tokens += parts.pop("wtok")
         record = self.method.update(self.steps, parts.pop("loss"), parts.pop("count"), **parts)
         self.push_weights()
         for v in self.stats.values():
@@ -280,6 +297,11 @@ class Reweighter:
         if self.log_path and (not torch_dist.is_initialized() or torch_dist.get_rank() == 0):
             append_jsonl(self.log_path, record)
         return record
+
+    def weighted_tokens_now(self) -> Tensor:
+        """[K] weight-scaled tokens including the open interval (a collective: call on all ranks)."""
+        part = self._all_reduce(self.stats["wtok"][:self.K].clone()).cpu()
+        return self.weighted_tokens + part
 
     def on_eval(self, val_loss: float, topic_loss: list | Tensor | None = None, step: int | None = None) -> None:
         """Validation hook: overall loss (plateau switch) and per-topic loss (None/NaN = absent)."""
@@ -293,7 +315,8 @@ class Reweighter:
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "method": self.method.state_dict(), "steps": self.steps,
-                "stats": {k: v.cpu() for k, v in self.stats.items()}}
+                "stats": {k: v.cpu() for k, v in self.stats.items()},
+                "weighted_tokens": self.weighted_tokens.clone()}
 
     def load_state_dict(self, sd: dict) -> None:
         version = sd.get("version")
@@ -303,12 +326,14 @@ class Reweighter:
         elif version != STATE_VERSION:
             raise ValueError(f"reweighter state version {version} is not {STATE_VERSION} (this toremi); "
                              f"resume with the toremi that wrote it or start a new run")
-        missing = sorted(set(self.stats) - set(sd["stats"]))
+        missing = sorted(set(self.stats) - set(sd["stats"]) - {"wtok"})  # wtok: newer than some states
         if missing:
             raise ValueError(f"reweighter state lacks statistics {missing} that method "
                              f"{self.cfg.name!r} needs; it was saved by another method")
         self.method.load_state_dict(sd["method"])
         self.steps = int(sd["steps"])
         for k in self.stats:
-            self.stats[k].copy_(sd["stats"][k].to(self.device))
+            if k in sd["stats"]:
+                self.stats[k].copy_(sd["stats"][k].to(self.device))
+        self.weighted_tokens = sd.get("weighted_tokens", torch.zeros(self.K, dtype=torch.float64)).clone().double()
         self.push_weights()

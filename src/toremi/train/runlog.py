@@ -114,7 +114,8 @@ class RunLogger:
                 "model": {"size": t.cfg.model.size, "params": t.model.num_params(),
                           "config": to_dict(t.model.config)},
                 "device": str(t.dev), "world_size": t.d.world_size, "total_steps": t.total,
-                "tokens_per_step": t.tokens_per_step, "compile": t.engine.fwd is not t.engine._fwd,
+                "tokens_per_step": t.tokens_per_step, "max_repetition": t.cfg.max_repetition,
+                "topic_tokens_available": t.loader.topic_available[:t.K].tolist(), "compile": t.engine.fwd is not t.engine._fwd,
                 "fused_adamw": t.engine.fused, "resumed_from": str(t.resumed_from) if t.resumed_from else None,
                 "warnings": self._warnings()}
 
@@ -164,7 +165,8 @@ class RunLogger:
         if self.wandb:
             self.wandb.log(scalars, step=step)
 
-    def close(self, reason: str | None) -> None:
+    def close(self, reason: str | None, epochs: dict | None = None) -> None:
+        """Final status; ``epochs``: the per-topic tokens seen and epochs through the last step."""
         if not self.enabled:
             return
         if self.pbar:
@@ -178,4 +180,6 @@ class RunLogger:
         info.update(status="done" if done else (reason or "incomplete"), steps_done=self.t.step,
                     skipped_steps=int(self.t.engine.bad[0]),
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if epochs is not None:
+            info.update(epochs)
         atomic_write_json(layout.run_info(self.t.run_dir), info)

@@ -96,6 +96,7 @@ class StepEngine:
         ok = self._optimizer_step()
         l, n = torch.cat(ls), torch.cat(ns)
         tids = torch.cat([b.topic_ids for b in batches])
+        self.rw.count_weighted(torch.cat(s_all), n, tids)  # weight-scaled epochs (drawn tokens)
         valid = (n > 0) & torch.isfinite(l) & ok
         l_stat = self.rw.observe_batches(l, n, valid, batches)
         rules.accumulate_topic_stats(self.log_tloss, self.log_tcount, l_stat, tids, valid)
@@ -144,6 +145,7 @@ class StepEngine:
             ces.append(ce.detach())
             wloss += loss.detach().double() / world
         ok = self._optimizer_step()
+        self.rw.count_weighted_packed(s_all, batches)  # weight-scaled epochs (drawn tokens)
         seg_loss, seg_n, topics, nbytes = self.rw.observe_packed(
             ces, batches, ok, self.stat_per, self.attention == "doc")
         segments.accumulate(self.log_tloss, self.log_tcount, seg_loss, seg_n, topics, nbytes,

@@ -23,7 +23,7 @@ from toremi.config import to_dict
 from toremi.io import atomic_write_text
 from toremi.methods import rules
 from toremi.model import GPT, GPTConfig, per_sample_loss, save_hf
-from toremi.train import checkpoint
+from toremi.train import checkpoint, epochs
 from toremi.train.config import TrainConfig
 from toremi.train.distributed import Dist, all_reduce_sum, barrier
 from toremi.train.reweighter import Reweighter
@@ -84,10 +84,13 @@ class Trainer:
         self.opt = self.model.configure_optimizer(o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
         self.rw = Reweighter(self.K, cfg.method, self.total, self.topic_counts, self.dev, dist=d,
-                             data_info={"tokenizer": self.ds.manifest.get("tokenizer")})
+                             data_info={"tokenizer": self.ds.manifest.get("tokenizer"),
+                                        "topic_names": self.ds.topic_names})
         self.method = self.rw.method
         data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-        self.loader = BatchLoader(self.ds, cfg.batch_size, seed=data_seed, rank=d.rank, world_size=d.world_size)
+        self.loader = BatchLoader(self.ds, cfg.batch_size, seed=data_seed, rank=d.rank, world_size=d.world_size,
+                                  max_repetition=cfg.max_repetition)
+        self._check_cap()
         self.step, self.stop_reason = 0, None
         self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
@@ -101,6 +104,24 @@ class Trainer:
         if self.method.uses_sampling and self.labelled:
             self.loader.set_topic_probs(self.method.sampling_probs)
 
+    def _check_cap(self) -> None:
+        """Refuse (before anything is written) a budget ``max_repetition`` cannot hold."""
+        sampling = self.method.uses_sampling and self.labelled
+        probs = self.method.sampling_probs if sampling else None
+        if sampling and probs is None:  # adaptive sampler not started yet: any present topic
+            probs = (self.topic_counts > 0).double()
+        epochs.check_cap(self.cfg.max_repetition, self.total * self.tokens_per_step, self.loader.topic_available,
+                         self.ds.topic_names, probs, self.loader._unlabelled_share, self.cfg.method.name)
+
+    def epoch_record(self, final: bool = False) -> dict:
+        """Per-topic tokens seen and epochs (and weight-scaled epochs for loss-weight methods).
+        ``final``: include the open interval's weighted tokens (a collective: all ranks call it)."""
+        avail = self.loader.topic_available[:self.K]
+        weighted = None
+        if not self.method.uses_sampling:
+            weighted = (self.rw.weighted_tokens_now() if final else self.rw.weighted_tokens).numpy()
+        return epochs.summary(self.loader.topic_tokens[:self.K], avail, weighted)
+
     def next_batches(self) -> list[Batch]:
         return [self.loader.next_batch().to(self.dev) for _ in range(self.cfg.accum)]
 
@@ -111,6 +132,7 @@ class Trainer:
         if record is None:
             return
         record["tokens"] = self.step * self.tokens_per_step
+        record.update(self.epoch_record())
         log.weights(record, self.method.topic_weights, self.method.sampling_probs)
         self._set_probs()
 
@@ -246,12 +268,14 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, on_signal)
             except ValueError:  # not the main thread
                 pass
+        final = None
         try:
             self._loop(log, stop)
+            final = self.epoch_record(final=True)
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-            log.close(self.stop_reason)
+            log.close(self.stop_reason, final)
         return self.run_dir
 
     def _loop(self, log: RunLogger, stop: dict) -> None:
