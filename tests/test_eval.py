@@ -143,6 +143,32 @@ def test_per_document_cap_scores_each_prefix(setup):
         domain_perplexity(lm, texts, max_doc_tokens=0)
 
 
+def test_per_document_nll_matches_each_document_alone(setup):
+    """eval.json's per-document NLL: each equals scoring that document by hand, and they add up
+    to the domain's pool (so any aggregate can be recomputed from the stored documents)."""
+    lm, texts = setup["lm"], [t for t, _ in setup["articles"][:5]]
+    got = domain_perplexity(lm, texts, stride=lm.max_len, batch_size=2, ids=list("abcde"))
+    assert [d["id"] for d in got["documents"]] == list("abcde")
+    for d, t in zip(got["documents"], texts):
+        ids = lm.tokenizer.encode(t)
+        nll, n = reference_nll(lm, ids, lm.max_len)
+        assert d["tokens"] == n and d["nll_sum"] == pytest.approx(nll, rel=1e-5)
+    assert sum(d["nll_sum"] for d in got["documents"]) / got["tokens"] == pytest.approx(got["nll"], rel=1e-9)
+
+
+def test_script_filter_drops_text_in_another_script():
+    from toremi.evaluate.perplexity import filter_script, script_share
+
+    ja = "このライセンスは、ソフトウェアの使用を許可します。 MIT License"
+    en = "Permission is hereby granted, free of charge, to any person — naïve café."
+    assert script_share(en, "latin") == 1.0 and script_share(ja, "latin") < 0.5
+    kept_ids, kept, dropped = filter_script(["en", "ja"], [en, ja], "latin", 0.9)
+    assert kept_ids == ["en"] and kept == [en] and dropped == ["ja"]
+    assert filter_script(["en", "ja"], [en, ja], "none", 0.9)[2] == []
+    with pytest.raises(ValueError, match="script_filter"):
+        filter_script(["en"], [en], "klingon", 0.9)
+
+
 def test_score_is_batch_invariant(setup):
     lm = setup["lm"]
     rng = np.random.default_rng(0)

@@ -54,6 +54,18 @@ def test_noise_is_not_emphasised_then_turned_down():
     assert max(r["weights"][2] for r in paper if r["stage"] == 1) == 5.0
 
 
+def test_de_emphasis_only_turns_down_the_noise_and_nothing_else():
+    """emphasis=false: the noisy topic goes down from the update that flags it (in Stage 1 too),
+    the hard and the easy topic stay at exactly 1 throughout."""
+    opts = dict(interval=1, switch="fraction", switch_fraction=0.5, alpha=0.5, emphasis=False)
+    m, path = simulate(MethodConfig(name="toremi-noise", **opts))
+    assert all(r["weights"][0] == 1.0 and r["weights"][1] == 1.0 for r in path)
+    flagged = next(i for i, r in enumerate(path) if r["diagnosis"][2] == "noisy")
+    assert path[flagged]["stage"] == 1 and path[flagged]["weights"][2] < 1.0
+    assert all(r["weights"][2] == 1.0 for r in path[:flagged])
+    assert path[-1]["weights"][2] == pytest.approx(0.1)  # the paper preset's floor γ
+
+
 def test_state_round_trip_continues_identically():
     cfg = MethodConfig(name="toremi-noise", interval=1, switch="fraction", switch_fraction=0.5)
     a, _ = simulate(cfg, updates=6)

@@ -46,6 +46,10 @@ class EvalConfig:
     max_docs: int | None = None  # held-out documents per domain / task (fixed-seed subset)
     max_tokens: int | None = None  # stop a domain's perplexity after this many tokens
     max_doc_tokens: int | None = None  # score only each document's first N tokens (more docs)
+    # held-out documents whose letters are < min_script_share in this script are not scored
+    # (perplexity only; counted under skipped_script): text with no counterpart in training
+    script_filter: str = "latin"  # latin | none
+    min_script_share: float = 0.9
     max_items: int | None = None  # PIQA items (fixed-seed subset)
     batch_size: int = 8
     max_len: int | None = None  # context for scoring; default the model's n_positions
@@ -62,6 +66,10 @@ class EvalConfig:
             raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.script_filter not in ("latin", "none"):
+            raise ConfigError(f"script_filter must be latin or none, got {self.script_filter!r}")
+        if not 0.0 <= self.min_script_share <= 1.0:
+            raise ConfigError(f"min_script_share must be in [0, 1], got {self.min_script_share}")
 
 
 def piqa_dir(spec: str | None) -> Path:
@@ -89,7 +97,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     """Evaluate one checkpoint; returns (and writes) the eval.json record."""
     from toremi.evaluate.model_io import check_tokenizer_fingerprint, load_model, resolve_run
     from toremi.evaluate.downstream import classify, piqa
-    from toremi.evaluate.perplexity import domain_perplexity, heldout_domains, read_heldout
+    from toremi.evaluate.perplexity import domain_perplexity, filter_script, heldout_domains, read_heldout
     from toremi.evaluate.probe import linear_probe
     from toremi.io import atomic_write_json
 
@@ -143,9 +151,10 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             skip(f"domain {domain}", f"no held-out shards under {Path(cfg.corpus) / 'eval' / domain}")
             continue
         docs = read_heldout(cfg.corpus, domain, cfg.max_docs)
-        stats = domain_perplexity(lm, docs["text"], cfg.stride, cfg.batch_size, cfg.max_tokens,
-                                  desc=f"ppl {domain}", max_doc_tokens=cfg.max_doc_tokens)
-        result["domains"][domain] = stats
+        ids, texts, dropped = filter_script(docs["id"], docs["text"], cfg.script_filter, cfg.min_script_share)
+        stats = domain_perplexity(lm, texts, cfg.stride, cfg.batch_size, cfg.max_tokens,
+                                  desc=f"ppl {domain}", max_doc_tokens=cfg.max_doc_tokens, ids=ids)
+        result["domains"][domain] = {**stats, "skipped_script": dropped}
         log(f"eval: {domain:<12} ppl {stats['ppl']:9.2f}  bpb {stats['bpb']:.4f}  "
             f"({stats['tokens']} tokens, {stats['docs']} docs)")
     if result["domains"]:

@@ -123,14 +123,16 @@ class ToReMi(Method):
         delta, lbar, seen = rules.loss_deviation(loss_sum, count, absent=c.absent)
         self._apply_rule(delta, lbar, seen)
 
-    def _apply_rule(self, delta, lbar, move) -> None:
-        """One step of the configured rule for the topics in ``move``; then the sampling probs."""
+    def _apply_rule(self, delta, lbar, move, stage: int | None = None) -> None:
+        """One step of the configured rule (of ``stage``, default the current one) for the topics
+        in ``move``; then the sampling probs."""
         c = self.opts
+        stage = self.stage if stage is None else stage
         if c.rule == "additive":
-            self.weights = rules.toremi_additive(self.weights, delta, move, self.stage, c.alpha,
+            self.weights = rules.toremi_additive(self.weights, delta, move, stage, c.alpha,
                                                  c.beta, c.gamma, c.below_mean)
         else:
-            self.weights = rules.toremi_multiplicative(self.weights, delta, lbar, move, self.stage,
+            self.weights = rules.toremi_multiplicative(self.weights, delta, lbar, move, stage,
                                                        lo=c.gamma, hi=c.beta, below_mean=c.below_mean)
         if self.uses_sampling:
             self.probs = self._probs()

@@ -15,6 +15,8 @@ flagged ``noisy`` (sticky) after ``patience`` such updates in a row, and is not 
 the real topics look easy) and count as above it, so Stage 2's rule down-weights them. Before ``warmup_updates``
 (no slope yet) nothing is up-weighted. Every record carries a per-topic diagnosis
 (``hard-learning`` / ``hard-flat`` / ``noisy`` / ``easy`` / ``warmup``) with its level and slope.
+``emphasis=false`` is the de-emphasis-only variant: the same noise diagnosis, but no topic is ever
+up-weighted; a flagged topic is turned down (Stage 2's rule) from the update that flags it.
 
 Measured (CPU, tiny model, 13 domain topics, one seed: an anecdote): random-token noise is
 flagged at the 5th update and never emphasised (Stage-1 peak 1.00x the mean weight; paper rule
@@ -75,6 +77,9 @@ class NoiseAwareOptions(ToReMiOptions):
     # does not look like its clean held-out text (needs stat_unit=token, evals in Stage 1); 0 = off
     val_gap: float = 0.1
     val_gap_ratio: float = 3.0
+    # False = de-emphasis only: no topic is ever up-weighted; a topic flagged noisy is turned down
+    # by Stage 2's rule from the update it is flagged, in either stage; every other weight stays 1
+    emphasis: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -131,12 +136,15 @@ class NoiseAwareToReMi(ToReMi):
             if c.val_gap > 0 and has.any():
                 med = self.gap[has].median()
                 self.noisy |= has & (self.gap > c.val_gap) & (self.gap > c.val_gap_ratio * med)
+        self.delta = delta
+        if not c.emphasis:  # de-emphasis only: the noisy topics go down, nothing goes up
+            self._apply_rule(delta, lbar, seen & self.noisy & (delta > 0), stage=2)
+            return
         if self.stage == 1:
             # emphasise only learning topics; the others above the mean keep their weight
             move = seen & (~above | (self.learning & ~self.noisy)) if warm else seen & ~above
         else:
             move = seen  # flagged topics count as above the mean: turned down
-        self.delta = delta
         self._apply_rule(delta, lbar, move)
 
     def on_val_topics(self, step, topic_loss):
