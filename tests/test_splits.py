@@ -33,7 +33,7 @@ def test_dev_takes_whole_source_units(tiny_corpus, tmp_path):
     """Two documents of one source unit always land in the same split."""
     from toremi.prepare import PrepareConfig, dev_mask
 
-    table = read_split(tiny_corpus, "train", columns=["id", "domain", "source"])
+    table = read_split(tiny_corpus, "train", columns=["id", "domain", "source", "text"])
     twin = table.set_column(2, "source", __import__("pyarrow").array(
         [s.split(".")[0][:2] for s in table.column("source").to_pylist()]))  # ~50 units per domain
     mask = dev_mask(twin, 0.3, 0)
@@ -41,6 +41,10 @@ def test_dev_takes_whole_source_units(tiny_corpus, tmp_path):
     for u in np.unique(units):
         assert len(set(mask[units == u])) == 1
     assert 0 < mask.mean() < 0.6
+    size = np.array([len(t.encode()) for t in twin.column("text").to_pylist()])
+    for d in np.unique(twin.column("domain").to_pylist()):  # about 30% of each domain's bytes
+        rows = np.array(twin.column("domain").to_pylist()) == d
+        assert 0.1 < size[rows & mask].sum() / size[rows].sum() <= 0.6
     with pytest.raises(ValueError, match="dev_fraction"):
         PrepareConfig(dev_fraction=1.0)
 

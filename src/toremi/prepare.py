@@ -5,9 +5,9 @@ at the first unfinished shard. Documents are cut into windows of at most ``seq_l
 (inputs ``[:-1]``, targets ``[1:]``); a window never spans two documents.
 
 Splits: ``train`` and ``dev``. The ``dev`` split is carved from the corpus's *training* documents by
-whole source unit (the ``source`` column; the document id where there is none): a unit goes to dev
-when a seeded hash of (domain, unit) falls below ``dev_fraction``, so every shard decides alone and
-the choice does not depend on shard order or engine. Every in-training signal (validation loss, the
+whole source unit (the ``source`` column; the document id where there is none), about
+``dev_fraction`` of each domain's bytes per shard, chosen in a seeded order (``dev_mask``): every
+shard decides alone, so the choice does not depend on shard order or engine. Every in-training signal (validation loss, the
 plateau switch, validation hooks, DoReMi's reference) reads ``dev``; the held-out ``corpus/eval``
 documents are never tokenized here and are read only by ``toremi eval``, so nothing a method adapts
 to has seen the documents it is scored on.
@@ -49,7 +49,7 @@ from toremi.ray_cluster import EngineConfig, as_engine
 from toremi.tokenizer import Tokenizer, check_spec, from_file, load_tokenizer
 
 
-INDEX_VERSION = 3  # bump when the per-shard index gains fields: older shards are redone on resume
+INDEX_VERSION = 4  # bump when the per-shard index gains fields: older shards are redone on resume
 
 
 @dataclass
@@ -62,7 +62,7 @@ class PrepareConfig:
     topics_from: Literal["annotations", "domain", "label", "none"] = "annotations"
     max_topics: int = 3
     batch_docs: int = 8192         # documents per encode_batch call (Rust-parallel)
-    dev_fraction: float = 0.05         # share of each domain's source units carved out as dev
+    dev_fraction: float = 0.05         # share of each domain's bytes (whole source units) carved out as dev
     dev_seed: int = 0
     dev_sequences_per_domain: int = 256  # dev windows kept per domain (evenly drawn)
     bpe_train_mb: float = 20.0         # text used to train a bpe:<vocab> tokenizer
@@ -156,13 +156,23 @@ class TopicLookup:
 
 
 def dev_mask(table: pa.Table, fraction: float, seed: int) -> np.ndarray:
-    """True for the documents whose source unit belongs to the dev split (a seeded hash of
-    (domain, unit) below ``fraction``): whole units, decided per document without a global pass."""
-    units = table.column("source" if "source" in table.column_names else "id").to_pylist()
-    domains = table.column("domain").to_pylist()
-    cut = fraction * 2**32
-    return np.fromiter((zlib.crc32(f"{seed}\0{d}\0{u}".encode()) < cut for d, u in zip(domains, units)),
-                       dtype=bool, count=table.num_rows)
+    """True for the documents of the dev split: whole source units of each domain (the corpus's
+    held-out rule, ``split_by_source``), drawn in a seeded order until ``fraction`` of the
+    domain's bytes in this shard, skipping a unit that alone would pass twice that. Decided per
+    shard, so no global pass and the same answer on every engine."""
+    from toremi.corpus.build import split_by_source
+
+    mask = np.zeros(table.num_rows, dtype=bool)
+    if fraction <= 0 or table.num_rows == 0:
+        return mask
+    units = np.asarray(table.column("source" if "source" in table.column_names else "id").to_pylist(), dtype=object)
+    domains = np.asarray(table.column("domain").to_pylist(), dtype=object)
+    sizes = pc.fill_null(pc.binary_length(table.column("text")), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+    for d in np.unique(domains):
+        rows = np.flatnonzero(domains == d)
+        mask[rows] = split_by_source(units[rows].tolist(), sizes[rows], fraction * sizes[rows].sum(),
+                                     2 * fraction, zlib.crc32(f"{seed}\0{d}".encode()))
+    return mask
 
 
 def _read_and_encode(shard: Path, tok: Tokenizer, batch_docs: int, split: str = "train",
