@@ -77,7 +77,7 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     assert [(r["label"], r["seed"]) for r in res["runs"]] == [
         ("uniform", 1), ("toremi-authors", 1), ("uniform", 2), ("toremi-authors", 2)]
     for r in res["runs"]:
-        ev = read_json(Path(r["dir"]) / "eval.json")
+        ev = read_json(exp / r["dir"] / "eval.json")
         assert ev["domains"]["news"]["tokens"] > 0 and ev["downstream"]["bbc_topic"]["n"] == 3
     s = res["summary"]["methods"]
     assert s["uniform"]["domains"]["news"]["n"] == 2 and s["uniform"]["domains"]["news"]["ci"] is not None
@@ -85,7 +85,7 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     w = read_jsonl(exp / "runs" / "toremi-authors-s2" / "weights.jsonl")
     assert [r["step"] for r in w] == [2, 4, 6] and w[-1]["stage"] == 2
     md = (exp / "results.md").read_text()  # 3 paired tables (macro, Δ NLL, Δ bpb) lead, then 3 more
-    assert md.count("| toremi-authors |") == 6 and md.index("Paired Δ") < md.index("Per-domain perplexity")
+    assert md.count("| toremi-authors |") == 7 and md.index("Paired Δ") < md.index("Per-domain perplexity")
     assert res["paired"]["methods"]["toremi-authors"]["macro_nll"]["n"] == 2
     assert (exp / "report" / "report.html").exists()
     out = capsys.readouterr().out
@@ -95,6 +95,17 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     assert report_main(["--experiment", str(exp), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("<img") == 5 and "toremi-authors-s2" in page  # forest + 4; no noise panel
+    # The per-run files alone rebuild the tables: export, recompute, compare; a changed file shows.
+    grid = tmp_path / "grid"
+    assert report_main(["--export", str(exp), "--out", str(grid)]) == 0
+    assert not list(grid.rglob("*.safetensors")) and (grid / "runs" / "uniform-s1" / "eval.json").exists()
+    assert report_main(["--recompute", str(grid), "--check"]) == 0
+    ev_path = grid / "runs" / "toremi-authors-s2" / "eval.json"
+    ev = read_json(ev_path)
+    ev["domains"]["news"]["nll"] += 0.5
+    ev_path.write_text(__import__("json").dumps(ev))
+    assert report_main(["--recompute", str(grid), "--check"]) == 1
+    assert "paired.methods.toremi-authors.macro_nll" in capsys.readouterr().err
     # Third pass: everything finished -> nothing retrained or re-evaluated.
     mtimes = {p: p.stat().st_mtime for p in exp.glob("runs/*/eval.json")}
     assert experiment_main(["--config", str(path)]) == 0
@@ -131,7 +142,7 @@ def test_noise_pipeline_trains_on_noisy_tokens(tmp_path):
     clean = read_json(tmp_path / "tokens" / "manifest.json")["tokenizer"]
     assert [man["tokenizer"][k] for k in ("fingerprint", "vocab_size", "eot_id")] == \
         [clean[k] for k in ("fingerprint", "vocab_size", "eot_id")]  # the same tokenizer
-    from toremi.report import load_run
+    from toremi.runs import load_run
 
     run = load_run(tmp_path / "exp" / "runs" / "uniform-s1")
     assert run["info"]["tokens_dir"] == str(noisy) and run["noise"]["topic"] == "tech"

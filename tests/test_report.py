@@ -15,7 +15,8 @@ import yaml
 
 from toremi.methods import MethodConfig, build_method
 from toremi.report import main as report_main
-from toremi.report import mean_ci, steps_to_reach, summarize, load_run
+from toremi.report import mean_ci, steps_to_reach, summarize
+from toremi.runs import load_run
 
 TOPICS = ["Business", "Sports", "Technology", "Politics"]
 NOISY = 2
@@ -55,7 +56,8 @@ def simulate(run_dir: Path, method: MethodConfig, seed: int, tokens_dir: Path, s
     (run_dir / "run.json").write_text(json.dumps({
         "method": method.name, "method_options": method.options(), "topic_names": TOPICS,
         "status": "done", "steps_done": steps, "tokens_dir": str(tokens_dir),
-        "tokenizer": {"name": "bpe512"}, "model": {"size": "tiny"}}))
+        "tokenizer": {"name": "bpe512"}, "model": {"size": "tiny"}, "data_hash": "sim",
+        "total_steps": steps, "tokens_per_step": 512}))
     final = np.delete(loss, NOISY)
     (run_dir / "eval.json").write_text(json.dumps({
         "domains": {d: {"ppl": math.exp(final[i]), "bpb": final[i] / math.log(2) / 4}

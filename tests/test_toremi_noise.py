@@ -80,7 +80,8 @@ def test_state_round_trip_continues_identically():
 def test_report_diagnosis_table_from_weights_jsonl(tmp_path):
     import json
 
-    from toremi.report import diagnosis_rows, load_run
+    from toremi.report import diagnosis_rows
+    from toremi.runs import load_run
 
     _, path = simulate(MethodConfig(name="toremi-noise", interval=1, switch="fraction",
                                     switch_fraction=0.5, alpha=0.5))

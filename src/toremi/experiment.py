@@ -151,12 +151,6 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
     return corpus, tokens
 
 
-def is_finished(run_dir: Path) -> bool:
-    info = layout.run_info(run_dir)
-    return layout.run_final_marker(run_dir).exists() and info.exists() \
-        and read_json(info).get("status") == "done"
-
-
 def run_ref(value, cfg: ExperimentConfig, method: MethodSpec, seed: int):
     """``{run:LABEL}`` -> the run dir of method LABEL (listed earlier) with the same seed, so a
     method can use another's finished run (DoReMi: reference -> proxy -> main)."""
@@ -187,8 +181,9 @@ def train_config(cfg: ExperimentConfig, method: MethodSpec, seed: int, tokens: P
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
-    from toremi import stats
-    from toremi.report import load_run, markdown, report, summarize
+    from toremi.report import report
+    from toremi.report.recompute import declared_keys, tabulate, write_unigram
+    from toremi.runs import is_finished, load_run
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +198,10 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     for (m, s), tcfg in zip(grid, configs):
         run_dir = Path(tcfg.out)
         if is_finished(run_dir):
+            drift = config_drift(run_dir, tcfg)
+            if drift:
+                raise ConfigError(f"{run_dir} finished with other settings than this grid's ({drift}); "
+                                  f"delete the run dir to re-run it, or restore the grid's settings")
             log(f"experiment: {run_dir.name} finished, skipping training")
         else:
             from toremi.train import train
@@ -227,22 +226,39 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                 evaluate(ecfg, log)
         entries.append({"label": m.name, "seed": s, "dir": str(run_dir)})
     runs = [load_run(Path(e["dir"]), e["label"]) for e in entries]
-    summary = summarize(runs, cfg.baseline)
-    pair = stats.paired(runs, cfg.baseline) if cfg.evaluate else None
-    regime = stats.regime(runs, cfg.baseline, tokens)
-    result = {"name": cfg.name, "tokens": str(tokens), "corpus": str(corpus) if corpus else None,
-              "noise_topic": cfg.noise_topic, "runs": entries, "headline": stats.headline(pair, regime),
-              "regime": regime, "paired": pair, "summary": summary, "config": to_dict(cfg)}
+    uni = write_unigram(out, tokens)
+    result, md = tabulate(runs, cfg.name, cfg.baseline, tokens, uni, (), declared_keys(to_dict(cfg)),
+                          cfg.noise_topic)
+    result.update(tokens=str(tokens), corpus=str(corpus) if corpus else None, config=to_dict(cfg))
     atomic_write_json(out / "results.json", result)
-    table = markdown(summary)
-    head = f"{result['headline']}\n\n" + (stats.paired_markdown(pair) if pair else "")
-    atomic_write_text(out / "results.md", f"# {cfg.name}\n\n{head}\n{table}")
-    print(f"{head}\n{table}")
+    atomic_write_text(out / "results.md", md)
+    print(md)
     if cfg.report:
         path = report([Path(e["dir"]) for e in entries], out / "report", f"toremi experiment {cfg.name}",
                       {e["dir"]: e["label"] for e in entries}, cfg.noise_topic, cfg.baseline)
         log(f"experiment: report {path}")
     return result
+
+
+# Settings a resumed run may change (applied from the resume step, listed in run.json), and where
+# the run sits: a finished run with other values still belongs to the grid.
+DRIFT_OK = ("out", "progress", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+            "stop_at_step")
+
+
+def config_drift(run_dir: Path, tcfg) -> str:
+    """'key: run's value vs grid's value, ...' for the settings a finished run did not train
+    with (empty when it matches)."""
+    from toremi.config import flatten
+
+    saved = layout.run_config(run_dir)
+    if not saved.exists():
+        return "no config.yaml"
+    have = flatten(yaml.safe_load(saved.read_text()) or {})
+    want = flatten(to_dict(tcfg))
+    keys = sorted(k for k in set(have) | set(want) if k.split(".")[0] not in DRIFT_OK
+                  and str(have.get(k)) != str(want.get(k)))
+    return ", ".join(f"{k}: {have.get(k)!r} vs {want.get(k)!r}" for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
 
 
 def stale_eval(run_dir: Path, ecfg) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from toremi import layout
+from toremi.runs import budget, final_val_loss
 
 
 class EvidenceError(ValueError):
@@ -27,30 +28,97 @@ def t_interval(values) -> dict:
     """Mean, 95% t-interval half-width (None below 2 values), n, and how many values are < 0."""
     xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if len(xs) == 0:
-        return {"mean": None, "ci": None, "n": 0, "improved": 0}
+        return {"mean": None, "ci": None, "n": 0, "improved": 0, "p": None}
     half = None
     if len(xs) > 1:
         from scipy import stats
 
         half = float(stats.t.ppf(0.975, len(xs) - 1) * xs.std(ddof=1) / math.sqrt(len(xs)))
-    return {"mean": float(xs.mean()), "ci": half, "n": int(len(xs)), "improved": int((xs < 0).sum())}
+    return {"mean": float(xs.mean()), "ci": half, "n": int(len(xs)), "improved": int((xs < 0).sum()),
+            "p": p_value(xs)}
 
 
 def budget_of(run: dict) -> int | None:
-    info = run["info"]
-    if info.get("total_steps") is None or info.get("tokens_per_step") is None:
-        return None
-    return int(info["total_steps"]) * int(info["tokens_per_step"])
+    return budget(run["info"])
 
 
-def check_comparable(runs: list[dict]) -> None:
-    """Refuse runs trained on different data or token budgets (naming one run of each side)."""
+def _flat(d: dict | None, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings(run: dict) -> dict:
+    """The settings two compared runs must share, flattened: model, optimiser, packing, context,
+    and the evaluation's own settings (where it ran)."""
+    cfg = run["config"]
+    out = {f"model.{k}": v for k, v in _flat(cfg.get("model")).items()}
+    out.update({f"optim.{k}": v for k, v in _flat(cfg.get("optim")).items()})
+    out.update({k: cfg.get(k) for k in ("packing", "batch_size", "accum")})
+    ev = (run.get("eval") or {}).get("config") or {}
+    out.update({f"eval.{k}": v for k, v in _flat(ev).items() if k not in ("run", "out", "model")})
+    return out
+
+
+def check_comparable(runs: list[dict], declared: dict[str, list[str]] | None = None) -> None:
+    """Refuse, naming the runs and keys, what would make a paired comparison meaningless: two
+    runs with one (label, seed); a run without a data hash or budget; different data, budget,
+    model, optimiser, packing or eval settings, unless the method's entry declares that key
+    (``declared``: label -> key prefixes its experiment entry sets, e.g. ``model.size``)."""
+    declared = declared or {}
+    seen: dict[tuple, str] = {}
+    for r in runs:
+        key = (r["label"], r["seed"])
+        if key in seen:
+            raise EvidenceError(f"two runs are {r['label']} seed {r['seed']}: {seen[key]} and {r['dir']}; "
+                                f"give one of them another label")
+        seen[key] = r["dir"]
+    for r in runs:
+        missing = [k for k, v in (("data hash", r["info"].get("data_hash")), ("token budget", budget_of(r)))
+                   if v is None]
+        if missing:
+            raise EvidenceError(f"{r['name']} ({r['dir']}) records no {' and no '.join(missing)} in run.json; "
+                                f"it cannot be compared (rerun it with this toremi)")
     for key, get in (("data hash", lambda r: r["info"].get("data_hash")), ("token budget", budget_of)):
-        first = next((r for r in runs if get(r) is not None), None)
+        first = runs[0] if runs else None
         for r in runs:
-            if first is not None and get(r) is not None and get(r) != get(first):
+            if get(r) != get(first):
                 raise EvidenceError(f"runs differ in {key}: {first['name']} has {get(first)}, "
                                     f"{r['name']} has {get(r)}; compare runs of one data set and budget")
+    if not runs:
+        return
+    ref = settings(runs[0])
+    for r in runs[1:]:
+        own = settings(r)
+        allowed = tuple(declared.get(r["label"], [])) + tuple(declared.get(runs[0]["label"], []))
+        diff = sorted(k for k in set(ref) | set(own) if ref.get(k) != own.get(k)
+                      and not (r["eval"] is None and k.startswith("eval."))
+                      and not (runs[0]["eval"] is None and k.startswith("eval."))
+                      and not any(k == a or k.startswith(a + ".") for a in allowed))
+        if diff:
+            shown = ", ".join(f"{k}: {ref.get(k)!r} vs {own.get(k)!r}" for k in diff[:4])
+            raise EvidenceError(f"{runs[0]['name']} and {r['name']} differ in {shown}"
+                                f"{' ...' if len(diff) > 4 else ''}; a method's entry must declare a setting "
+                                f"it changes, or re-run/re-evaluate with one setting")
+
+
+def check_domains(runs: list[dict], exclude=()) -> list[str]:
+    """The domains every evaluated run scored (minus ``exclude``); a run missing one is refused."""
+    evald = [r for r in runs if r.get("eval")]
+    every = sorted({d for r in evald for d in r["eval"].get("domains", {})} - set(exclude))
+    for r in evald:
+        gone = [d for d in every if d not in r["eval"].get("domains", {})]
+        if gone:
+            raise EvidenceError(f"{r['name']} ({r['dir']}) has no held-out result for domain(s) {gone}; "
+                                f"re-evaluate it, or leave the domain out (--exclude {gone[0]})")
+    unknown = sorted(set(exclude) - {d for r in evald for d in r["eval"].get("domains", {})})
+    if unknown:
+        raise EvidenceError(f"--exclude {unknown}: no run scored such a domain; domains: {every}")
+    return every
 
 
 def nll(ev: dict, d: str) -> float:
@@ -66,22 +134,25 @@ def macro_nll(ev: dict, domains: list[str]) -> float:
 def weights_digest(run_dir: str | Path) -> str | None:
     """sha256 of the final weights file (the negative control must match the baseline's)."""
     f = layout.run_final(run_dir) / "model.safetensors"
-    return hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+    if f.exists():
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+    saved = Path(run_dir) / "final.sha256"  # a committed copy of the run keeps only the digest
+    return saved.read_text().strip() if saved.exists() else None
 
 
-def paired(runs: list[dict], baseline: str = "uniform") -> dict:
+def paired(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None) -> dict:
     """Per method (≠ baseline): paired Δ NLL and Δ bits/byte per domain and macro, Δ of the
     arithmetic macro perplexity (secondary), and whether the final weights equal the baseline's.
 
-    ``runs`` are ``report.load.load_run`` records with ``eval``. A method run without a baseline run of
+    ``runs`` are ``toremi.runs.load_run`` records with ``eval``. A method run without a baseline run of
     the same seed is refused (EvidenceError naming the missing run)."""
-    check_comparable(runs)
+    check_comparable(runs, declared)
     evald = [r for r in runs if r.get("eval")]
-    domains = sorted(set.intersection(*[set(r["eval"].get("domains", {})) for r in evald])) if evald else []
+    domains = check_domains(runs, exclude)
     base = {r["seed"]: r for r in evald if r["label"] == baseline}
     labels = [lab for lab in dict.fromkeys(r["label"] for r in evald) if lab != baseline]
-    out = {"baseline": baseline, "domains": domains, "unit": "nats/token (nll), bits/byte (bpb)",
-           "methods": {}}
+    out = {"baseline": baseline, "domains": domains, "excluded": sorted(exclude),
+           "unit": "nats/token (nll), bits/byte (bpb)", "methods": {}}
     for label in labels:
         rs = [r for r in evald if r["label"] == label]
         for r in rs:
@@ -104,7 +175,37 @@ def paired(runs: list[dict], baseline: str = "uniform") -> dict:
                                  "identical_weights": int(sum(same))}
     base_macro = t_interval([macro_nll(b["eval"], domains) for b in base.values()]) if domains else None
     out["baseline_macro_nll"] = base_macro
+    holm(out["methods"])
     return out
+
+
+def p_value(values) -> float | None:
+    """Two-sided paired t-test p-value of mean 0 (None below 2 values)."""
+    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(xs) < 2:
+        return None
+    from scipy import stats
+
+    sd = xs.std(ddof=1)
+    if sd == 0:
+        return 0.0 if xs.mean() != 0 else 1.0
+    return float(2 * stats.t.sf(abs(xs.mean()) / (sd / math.sqrt(len(xs))), len(xs) - 1))
+
+
+def holm(methods: dict, alpha: float = 0.05) -> None:
+    """Holm-Bonferroni over the macro comparisons of all methods: adds ``p``, ``p_holm`` and
+    ``verdict_holm`` to each method's ``macro_nll`` (in place)."""
+    ps = {m: v["macro_nll"].get("p") for m, v in methods.items()}
+    ranked = sorted((p, m) for m, p in ps.items() if p is not None)
+    running = 0.0
+    for i, (p, m) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p))
+        s = methods[m]["macro_nll"]
+        s["p_holm"] = running
+        s["verdict_holm"] = ("worse" if s["mean"] > 0 else "better") if running < alpha else "no difference detected"
+    for m, p in ps.items():
+        if p is None:
+            methods[m]["macro_nll"].update(p_holm=None, verdict_holm="n/a (one seed: an anecdote)")
 
 
 def fmt_delta(s: dict | None, digits: int = 3) -> str:
@@ -129,15 +230,22 @@ def verdict(s: dict) -> str:
 def paired_markdown(p: dict) -> str:
     """Paired tables: macro first, then per-domain Δ NLL and Δ bits/byte."""
     ms, doms = p["methods"], p["domains"]
-    lines = [f"### Paired Δ vs {p['baseline']} (same seed; mean ± 95% CI (seeds improved); "
+    over = f" over {len(doms)} domains" + (f" (without {', '.join(p['excluded'])})" if p.get("excluded") else "")
+    lines = [f"### Paired Δ vs {p['baseline']}{over} (same seed; mean ± 95% CI (seeds improved); "
              f"negative = better)", "",
-             "| method | Δ macro NLL (nats/token) | verdict | Δ macro bits/byte | Δ arith. macro ppl "
-             "(secondary) | weights = baseline |", "|---|---|---|---|---|---|"]
+             f"Verdicts: raw (each CI alone) and Holm-adjusted over the {len(ms)} macro comparisons of "
+             f"this grid (paired t-test p-values).", "",
+             "| method | Δ macro NLL (nats/token) | verdict (raw) | p | p Holm | verdict (Holm) | "
+             "Δ macro bits/byte | weights = baseline |", "|---|---|---|---|---|---|---|---|"]
     for m, v in ms.items():
-        lines.append(f"| {m} | {fmt_delta(v['macro_nll'])} | {verdict(v['macro_nll'])} | "
-                     f"{fmt_delta(v['macro_bpb'], 4)} | {fmt_delta(v['macro_ppl_arith'], 1)} | "
-                     f"{v['identical_weights']}/{len(v['seeds'])} |")
-    for key, title in (("nll", "Δ NLL per domain (nats/token)"), ("bpb", "Δ bits/byte per domain")):
+        s = v["macro_nll"]
+        pv = "-" if s.get("p") is None else f"{s['p']:.3f}"
+        ph = "-" if s.get("p_holm") is None else f"{s['p_holm']:.3f}"
+        lines.append(f"| {m} | {fmt_delta(s)} | {verdict(s)} | {pv} | {ph} | {s.get('verdict_holm', '-')} | "
+                     f"{fmt_delta(v['macro_bpb'], 4)} | {v['identical_weights']}/{len(v['seeds'])} |")
+    for key, title in (("nll", "Δ NLL per domain (nats/token; exploratory: unadjusted 95% CIs, "
+                               "many comparisons)"),
+                       ("bpb", "Δ bits/byte per domain (exploratory)")):
         lines += ["", f"### {title}", "", "| method | " + " | ".join(doms) + " |",
                   "|---|" + "---|" * len(doms)]
         for m, v in ms.items():
@@ -171,14 +279,12 @@ def unigram_cross_entropy(tokens_dir: str | Path) -> dict:
             "train_tokens": int(train.sum()), "val_tokens": int(val.sum())}
 
 
-def regime(runs: list[dict], baseline: str, tokens_dir: str | Path | None) -> dict:
+def regime(runs: list[dict], baseline: str, tokens_dir: str | Path | None, unigram: dict | None = None) -> dict:
     """Where the baseline stands: its final validation loss against the unigram cross-entropy of
     the validation tokens, the model and the token budget of a run."""
-    from toremi.report.summary import final_val_loss
-
     base = [r for r in runs if r["label"] == baseline]
-    uni = None
-    if tokens_dir is not None and layout.tokens_manifest(tokens_dir).exists():
+    uni = unigram
+    if uni is None and tokens_dir is not None and layout.tokens_manifest(tokens_dir).exists():
         try:
             uni = unigram_cross_entropy(tokens_dir)
         except (FileNotFoundError, KeyError, ValueError):  # not a complete prepared tokens dir

@@ -205,17 +205,15 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
 
 
 def unfinished(run_dir: Path) -> dict | None:
-    """None for a finished run; else its status and step from run.json."""
+    """None for a finished run (``toremi.runs.status``); else its status and step."""
     from toremi.io import read_json
+    from toremi.runs import status
 
-    rj = layout.run_info(run_dir)
-    if not rj.exists():
-        return None if layout.run_final_marker(run_dir).exists() else \
-            {"status": "no run.json", "steps_done": None}
-    info = read_json(rj)
-    if info.get("status") == "done":
+    st = status(run_dir)
+    if st == "done":
         return None
-    return {"status": info.get("status"), "steps_done": info.get("steps_done")}
+    info = read_json(layout.run_info(run_dir)) if layout.run_info(run_dir).exists() else {}
+    return {"status": st if st != "missing" else "no run.json", "steps_done": info.get("steps_done")}
 
 
 FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_doc_tokens",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional
 from toremi import layout
 from toremi.lazy import lazy
 from toremi.methods.base import Method, register
+from toremi.runs import is_finished, status
 from toremi.methods.replay import ReplaySource, convert
 
 if TYPE_CHECKING:
@@ -73,8 +74,9 @@ class DoReMi(Method):
         self.alpha_sum = torch.zeros_like(self.alpha)
         if o.reference is not None:
             ref = Path(o.reference)
-            if not layout.run_final_marker(ref).exists():
-                raise ValueError(f"doremi: reference run {ref} has no final model ({layout.run_final(ref)}); make it "
+            if not is_finished(ref):
+                raise ValueError(f"doremi: reference run {ref} is not finished ({status(ref)}: no complete "
+                                 f"{layout.run_final(ref)}); make it "
                                  f"with `toremi train --tokens <same tokens> --out {ref} method=uniform`")
             self.reference_run = str(ref)
             self.weights = self.alpha * self.num_topics

@@ -2,6 +2,8 @@
 
     toremi report --runs runs/a runs/b ... --out report/
     toremi report --experiment runs/quality --out report/
+    toremi report --recompute docs/results/quality_cpu [--exclude legal] [--check]
+    toremi report --export runs/quality --out docs/results/quality_cpu
 
 Reads only what runs wrote (run.json, config.yaml, metrics.jsonl, weights.jsonl, eval.json), so a
 report can be rebuilt at any time, including while runs are still going. Runs are grouped by
@@ -11,13 +13,14 @@ method label; across seeds a number is shown as mean +/- the 95% t-interval half
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from toremi import layout, stats
 from toremi.io import atomic_write_text, read_json
 from toremi.report.figures import figures
 from toremi.report.html import render
-from toremi.report.load import load_run
+from toremi.runs import load_run
 from toremi.report.summary import markdown, summarize
 
 
@@ -48,27 +51,76 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="toremi report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--runs", nargs="+", help="run directories")
     src.add_argument("--experiment", help="experiment dir (with results.json)")
-    p.add_argument("--out", required=True)
+    src.add_argument("--recompute", metavar="DIR", help="rebuild DIR's results.json/.md from its per-run files "
+                                                         "(DIR/runs/<label>-s<seed>/)")
+    src.add_argument("--export", metavar="EXPERIMENT", help="copy a finished experiment's per-run files "
+                                                             "(no checkpoints) into --out")
+    p.add_argument("--config", help="YAML with any of these options (runs, experiment, recompute, out, ...)")
+    p.add_argument("--out")
     p.add_argument("--title", default=None)
     p.add_argument("--noise-topic", default=None, help="topic to show in the noise panel")
-    p.add_argument("--baseline", default="uniform", help="method label for 'steps to reach'")
+    p.add_argument("--baseline", default=None, help="baseline method label (default: the grid's, else uniform)")
+    p.add_argument("--exclude", nargs="*", default=[], help="domains left out of the macro (--recompute)")
+    p.add_argument("--check", action="store_true", help="with --recompute: compare with the committed "
+                                                         "results, write nothing, exit 1 on a difference")
     args = p.parse_args(argv)
-    labels, title, noisy = {}, args.title or "toremi report", args.noise_topic
-    if args.experiment:
-        res = read_json(Path(args.experiment) / "results.json")
-        dirs = [Path(r["dir"]) for r in res["runs"]]
-        labels = {r["dir"]: r["label"] for r in res["runs"]}
-        title = args.title or f"toremi experiment {res.get('name', '')}"
-        noisy = noisy or res.get("noise_topic")
-    else:
-        dirs = [Path(d) for d in args.runs]
+    if args.config:
+        import yaml
+
+        for k, v in (yaml.safe_load(Path(args.config).read_text()) or {}).items():
+            k = k.replace("-", "_")
+            if not hasattr(args, k):
+                print(f"toremi report: {args.config}: unknown key {k!r}; valid: runs, experiment, recompute, "
+                      f"export, out, title, noise_topic, baseline, exclude, check", file=sys.stderr)
+                return 2
+            if getattr(args, k) in (None, [], False):
+                setattr(args, k, v)
     try:
-        path = report(dirs, Path(args.out), title, labels, noisy, args.baseline)
+        if args.recompute:
+            return _recompute(args)
+        if args.export:
+            if not args.out:
+                raise FileNotFoundError("--export needs --out DEST (e.g. docs/results/<grid>)")
+            from toremi.report.recompute import export
+
+            print(f"report: exported to {export(Path(args.export), Path(args.out))}")
+            return 0
+        if not (args.runs or args.experiment) or not args.out:
+            p.error("give --runs/--experiment with --out, --recompute DIR, or --export EXP --out DEST")
+        labels, title, noisy = {}, args.title or "toremi report", args.noise_topic
+        if args.experiment:
+            exp = Path(args.experiment)
+            res = read_json(exp / "results.json")
+            dirs = [Path(r["dir"]) if Path(r["dir"]).exists() else exp / r["dir"] for r in res["runs"]]
+            labels = {str(d): r["label"] for d, r in zip(dirs, res["runs"])}
+            title = args.title or f"toremi experiment {res.get('name', '')}"
+            noisy = noisy or res.get("noise_topic")
+        else:
+            dirs = [Path(d) for d in args.runs]
+        path = report(dirs, Path(args.out), title, labels, noisy, args.baseline or "uniform")
     except (FileNotFoundError, stats.EvidenceError) as exc:
-        print(f"toremi report: {exc}")
+        print(f"toremi report: {exc}", file=sys.stderr)
         return 2
     print(f"report: {path}")
+    return 0
+
+
+def _recompute(args) -> int:
+    from toremi.report.recompute import check, recompute
+
+    grid = Path(args.recompute)
+    if args.check:
+        diff = check(grid, args.exclude)
+        if diff:
+            print(f"toremi report: {grid}: recomputed results differ from the committed ones at "
+                  f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}", file=sys.stderr)
+            return 1
+        print(f"report: {grid}: recomputed from {len(list((grid / 'runs').glob('*-s*')))} runs; matches the "
+              f"committed results")
+        return 0
+    result, md = recompute(grid, args.exclude, args.baseline)
+    print(md)
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.report.load import first_per_label
+from toremi.runs import first_per_label
 
 
 def _series(run: dict, key: str, source: str = "weights") -> tuple[np.ndarray, np.ndarray]:

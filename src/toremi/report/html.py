@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from toremi.report.load import first_per_label
+from toremi.runs import first_per_label
 from toremi.report.summary import DIAGNOSIS_HEAD, diagnosis_rows, tables
 
 TEMPLATE = "report.html.j2"

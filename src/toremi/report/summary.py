@@ -6,6 +6,7 @@ Across seeds a number is shown as mean +/- the 95% t-interval half-width (``stat
 from __future__ import annotations
 
 from toremi import stats
+from toremi.runs import final_val_loss
 
 TASK_METRICS = ("acc", "acc_norm", "random_init_acc")  # downstream keys, where a task has them
 
@@ -14,11 +15,6 @@ def mean_ci(values) -> dict:
     """Mean and 95% t-interval half-width over seeds (half-width None for a single value)."""
     s = stats.t_interval(values)
     return {"mean": s["mean"], "ci": s["ci"], "n": s["n"]}
-
-
-def final_val_loss(run: dict) -> float | None:
-    vals = [m["val_loss"] for m in run["metrics"] if m.get("val_loss") is not None]
-    return vals[-1] if vals else None
 
 
 def steps_to_reach(run: dict, target: float | None) -> int | None:
