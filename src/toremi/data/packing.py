@@ -48,7 +48,7 @@ def pack_shard(lengths: np.ndarray, seq_len: int, byte_cumsum: np.ndarray) -> di
     # of the document before); the shard's first document starts at 0 (its first token is no target)
     doc_start = np.maximum(np.cumsum(lengths) - lengths - 1, 0)
     points = np.union1d(doc_start[doc_start < inputs], offset)   # every segment start, sorted
-    ends = np.append(points[1:], inputs)
+    ends = np.append(points[1:], inputs)[: len(points)]  # no segment at all: no end either
     window = points // seq_len
     doc = np.searchsorted(doc_start, points, side="right") - 1  # last doc starting there (skips empty docs)
     seg_ptr = np.concatenate([[0], np.cumsum(np.bincount(window, minlength=n_win))]).astype(np.int64)
