@@ -128,9 +128,9 @@ class LocalEngine:
         self.progress = progress
 
     def map(self, fn, items: list[dict], desc: str) -> list:
-        from tqdm.auto import tqdm
+        from toremi.progress import bar
 
-        return [fn(it) for it in tqdm(items, desc=desc, unit="shard", disable=not self.progress)]
+        return [fn(it) for it in bar(items, desc=desc, unit="shard", disable=not self.progress)]
 
     def embed(self, shards: list[Path], outs: list[Path], cfg: EmbedConfig, parts_root: Path) -> list[dict]:
         items = [{"doc": str(s), "out": str(o), "cfg": to_dict(cfg)} for s, o in zip(shards, outs)]
