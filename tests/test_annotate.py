@@ -14,13 +14,13 @@ import scipy.sparse as sp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from toremi.annotate import cli  # noqa: E402
-from toremi.annotate.cluster import ClusterConfig, cluster_stats, default_k, fit_kmeans  # noqa: E402
+from toremi.annotate.cluster import ClusterConfig, default_k, fit_kmeans  # noqa: E402
 from toremi.annotate.corpora import BBC_EXPECTED, bbc_records, write_corpus  # noqa: E402
 from toremi.annotate.embed import EmbedConfig, _chunks, _normalise, embed_texts, resolve_backend  # noqa: E402
 from toremi.annotate.keywords import (KeywordsConfig, count_shard, ctfidf_top, load_stop_words,  # noqa: E402
                                       merge_counts)
 from toremi.annotate.label import SimilarityLabeller, TopicSet, margin_pick  # noqa: E402
-from toremi.annotate.pipeline import AnnotateConfig, Annotator, get_embedder  # noqa: E402
+from toremi.annotate.pipeline import AnnotateConfig, Annotator, get_embedder, stats_from_sizes  # noqa: E402
 from toremi.config import load_config  # noqa: E402
 
 
@@ -178,7 +178,8 @@ def test_chunk_mode_and_defaults():
     assert resolve_backend(EmbedConfig(device="cpu")) == "wordllama"
     with pytest.raises(ValueError, match="k must be"):
         ClusterConfig(k=1)
-    st = cluster_stats(np.array([0, 0, 2, -1, 0], np.int32), 4)
+    labels = np.array([0, 0, 2, -1, 0], np.int32)
+    st = stats_from_sizes(np.bincount(labels + 1, minlength=5), 4)
     assert (st["empty_clusters"], st["singleton_clusters"], st["unassigned_docs"], st["sizes"]) == (2, 1, 1, [3, 0, 1, 0])
     x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     c1, _ = fit_kmeans(x, 4, ClusterConfig(k=4, seed=3))

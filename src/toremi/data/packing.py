@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.io import atomic_path
 
 WINDOW_KEYS = ("shard", "offset", "length", "bytes", "domain", "seg_ptr", "topics")
 SEGMENT_KEYS = ("seg_start", "seg_len", "seg_doc", "seg_bytes")
@@ -93,14 +92,6 @@ def topic_shares(seg_ptr: np.ndarray, seg_len: np.ndarray, seg_doc: np.ndarray, 
     win_tokens = np.maximum(np.bincount(win_of_seg, weights=seg_len, minlength=n_win), 1)
     win = uniq // (num_topics + 1)
     return win, uniq % (num_topics + 1), share / win_tokens[win]
-
-
-def write_packed(out_dir: Path, arrays: dict[str, np.ndarray]) -> None:
-    """One ``.npy`` per array (memory-mappable), each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for key, value in arrays.items():
-        with atomic_path(out_dir / f"{key}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(value))
 
 
 def read_packed(in_dir: Path) -> dict[str, np.ndarray]:
