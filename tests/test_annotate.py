@@ -221,3 +221,36 @@ def test_embedding_no_documents_gives_zero_rows():
     assert _normalise(np.zeros((0, 7), np.float32)).shape == (0, 7)
     with pytest.raises(ValueError, match=r"\[N, dim\]"):
         _normalise(np.zeros(0, np.float32))
+
+
+def test_every_stage_accepts_an_empty_shard(tmp_path):
+    """A domain whose document shard has no rows (a filter that kept nothing, a failed download):
+    annotate (embed, cluster, keywords, label, attributes), noise, prepare (packed) and a few
+    training steps all run, and the domain simply has no documents."""
+    from toremi.data.shards import TokenDataset
+    from toremi.noise import NoiseConfig, make_noise
+    from toremi.prepare import PrepareConfig, prepare
+    from toremi.train import TrainConfig, train
+
+    corpus, recs = small_corpus(tmp_path / "c", per_topic=4, shard_rows=50)
+    void = corpus / "documents" / "void" / "shard-00000.parquet"
+    void.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [], "text": [], "domain": [], "label": [], "source": []}), void)
+    assert cli.main(["all", "--corpus", str(corpus), "cluster.k=3", "progress=false"]) == 0
+    ann = corpus / "annotations"
+    assert np.load(ann / "embeddings" / "void" / "shard-00000.npy").shape == (0, 256)
+    assert pq.read_table(ann / "attributes" / "topics" / "void" / "shard-00000.parquet").num_rows == 0
+    topic = json.loads((ann / "topics.json").read_text())["clusters"]["0"]["labels"][0]
+    noisy = tmp_path / "noisy"
+    make_noise(NoiseConfig(out=str(noisy), topic=topic, corpus=str(corpus)), log=lambda *_: None)
+    assert pq.read_table(noisy / "documents" / "void" / "shard-00000.parquet").num_rows == 0
+    tok = prepare(PrepareConfig(corpus=corpus, out=tmp_path / "tok", tokenizer="bpe:300", seq_len=32,
+                                bpe_train_mb=0.2))
+    ds = TokenDataset(tok)
+    assert ds.packed and len(ds) > 0
+    assert ds.manifest["per_domain"]["void"]["train"] == {"documents": 0, "tokens": 0, "bytes": 0}
+    assert [s["documents"] for s in ds.manifest["shards"] if s["domain"] == "void"] == [0]
+    run = train(load_config(TrainConfig, None, [f"tokens_dir={tok}", f"out={tmp_path / 'run'}", "steps=2",
+                                                 "batch_size=2", "eval_every=0", "progress=false",
+                                                 "model.size=tiny", "device=cpu"]))
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
