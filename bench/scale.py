@@ -8,7 +8,7 @@ workers are other processes).
 
 Usage (nice it; it takes a while on 2 shared cores):
   python bench/scale.py all --sizes 50000 200000 --work /tmp/scale     # -> bench/scale.json
-  python bench/scale.py units --work /tmp/scale                        # per-unit costs only
+  python bench/scale.py units --work /tmp/scale [--size 50000]         # per-unit costs only
 """
 
 from __future__ import annotations
@@ -137,9 +137,27 @@ def same_outputs(a: Path, b: Path) -> list[str]:
     return diffs
 
 
-def units(work: Path) -> dict:
+def units_inputs(work: Path, size: int | None = None) -> tuple[int, Path, Path | None]:
+    """(size, corpus dir, tokens dir or None) that ``units`` measures: ``corpus-<size>`` (default:
+    the smallest ``corpus-<n>`` under ``work``) and the tokens of a run on it, if one was made."""
+    if size is None:
+        found = sorted(int(p.name[len("corpus-"):]) for p in work.glob("corpus-*")
+                       if p.name[len("corpus-"):].isdigit() and (p / "documents").is_dir())
+        if not found:
+            raise SystemExit(f"no corpus-<n>/documents under {work}: run `all` or `corpus` first")
+        size = found[0]
+    corpus = work / f"corpus-{size}"
+    if not (corpus / "documents").is_dir():
+        raise SystemExit(f"{corpus}/documents is missing: run `all --sizes {size}` or `corpus` first")
+    tokdirs = [work / f"run-{engine}-{size}" / "tok" for engine in ("local", "ray")]
+    return size, corpus, next((t for t in tokdirs if (t / "index-train.npz").exists()), None)
+
+
+def units(work: Path, size: int | None = None) -> dict:
     """Per-unit costs on this machine, in CPU seconds of this process (``time.process_time``, all
-    its threads), which the load from other processes changes far less than wall time."""
+    its threads), which the load from other processes changes far less than wall time. Measured on
+    ``corpus-<size>`` (see ``units_inputs``)."""
+    size, corpus, tokdir = units_inputs(work, size)
     os.environ["RAYON_NUM_THREADS"] = "1"  # tokenizers: one core, before the pool starts
     import numpy as np
     import pyarrow.parquet as pq
@@ -149,10 +167,9 @@ def units(work: Path) -> dict:
     from toremi.annotate.keywords import KeywordsConfig, count_shard, load_stop_words
     from toremi.tokenizer import load_tokenizer
 
-    corpus = work / "corpus-50000"
     texts = [t for p in sorted(corpus.glob("documents/*/shard-*.parquet"))[:20]
              for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()][:20000]
-    out = {"uptime_before": load(), "docs": len(texts),
+    out = {"uptime_before": load(), "corpus_docs": size, "docs": len(texts),
            "doc_chars_mean": round(float(np.mean([len(t) for t in texts])), 1)}
 
     def cpu(fn):
@@ -186,12 +203,11 @@ def units(work: Path) -> dict:
     n_tok = sum(len(i) for i in ids)
     out["gpt2_tokens_per_cpu_s"], out["gpt2_tokens_per_wall_s"] = round(n_tok / c), round(n_tok / w)
     out["tokens_per_doc_mean"] = round(n_tok / len(texts), 1)
-    tokdir = work / "run-local-50000" / "tok"
-    if tokdir.exists():
+    if tokdir is not None:
         with np.load(tokdir / "index-train.npz") as z:
             windows_n = len(z["offset"])
             out["index_bytes_per_window"] = round(sum(z[k].nbytes for k in z.files) / windows_n, 1)
-        out["windows_per_doc"] = round(windows_n / 50000, 3)
+        out["windows_per_doc"] = round(windows_n / size, 3)
     out["uptime_after"] = load()
     return out
 
@@ -224,7 +240,7 @@ def cmd_all(args) -> None:
         res["sizes"][str(n)] = row
         Path(args.json).write_text(json.dumps(res, indent=1))
     if args.units:
-        res["units"] = units(work)
+        res["units"] = units(work, min(args.sizes))
         print(res["units"], flush=True)
     Path(args.json).write_text(json.dumps(res, indent=1))
 
@@ -248,9 +264,10 @@ def main() -> None:
     a.add_argument("--units", action=argparse.BooleanOptionalAction, default=True)
     u = sub.add_parser("units")
     u.add_argument("--work", default="/tmp/toremi-scale")
+    u.add_argument("--size", type=int, default=None, help="corpus-<size> to measure (default: the smallest)")
     args = ap.parse_args()
     if args.cmd == "units":
-        print(json.dumps(units(Path(args.work)), indent=1))
+        print(json.dumps(units(Path(args.work), args.size), indent=1))
         return
     {"corpus": cmd_corpus, "run": cmd_run, "all": cmd_all}[args.cmd](args)
 

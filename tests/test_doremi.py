@@ -93,3 +93,77 @@ def test_plain_loop_feeds_reference_losses(tiny_tokens, tmp_path):
     rec = rw.step()
     assert rec["excess"] == pytest.approx((rw.method.stats["excess"] / rw.method.stats["excess"].new_tensor(
         rec["topic_count"]).clamp(min=1)).tolist())
+
+
+@pytest.fixture(scope="module")
+def ref_run(tiny_tokens, tmp_path_factory):
+    """A finished (tiny, 3-step) uniform run: the DoReMi reference model."""
+    return train(_cfg(tiny_tokens, tmp_path_factory.mktemp("doremi-ref") / "ref", "method.name=uniform", "steps=3"))
+
+
+# per-token excess (proxy - reference) by topic: topic 0 below the reference everywhere (its
+# clipped excess is 0, unclipped it would be negative), topic 1 mixed, the others above it
+def _delta(topic: int, i: int) -> float:
+    return -0.5 if topic == 0 else ((0.3 if i % 2 else -0.4) if topic == 1 else 0.25)
+
+
+def test_excess_loss_is_clipped_at_zero_per_sample(tiny_tokens, ref_run):
+    """Unpacked batches: λ_k sums max(l_i - l_ref_i, 0) over topic k's samples, so a sample the
+    proxy already predicts better than the reference adds nothing (not a negative amount)."""
+    import numpy as np
+
+    from toremi.data.shards import TokenDataset
+    from toremi.model import per_sample_loss
+    from toremi.train.reweighter import Reweighter
+
+    ds = TokenDataset(tiny_tokens, packing="none")
+    b = ds.gather(np.linspace(0, len(ds) - 1, 12).astype(np.int64))
+    x, y = b["input_ids"], b["labels"]
+    rw = Reweighter(ds.num_topics, MethodConfig(name="doremi", reference=str(ref_run), interval=1))
+    with torch.no_grad():
+        r, n = per_sample_loss(rw.ref_model(x), y)
+    topics = torch.arange(12) % 3  # one topic per sample: 0, 1, 2, 0, 1, 2, ...
+    delta = torch.tensor([_delta(int(t), i) for i, t in enumerate(topics)])
+    l = r.float() + delta  # the proxy's per-sample loss: reference +- delta
+    rw.observe(l, n, torch.ones(12, dtype=torch.bool), topics[:, None], input_ids=x, labels=y)
+    want = [sum(max(_delta(k, i), 0.0) for i, t in enumerate(topics) if t == k) for k in range(3)]
+    assert want == pytest.approx([0.0, 0.6, 1.0])
+    assert rw.stats["excess"][:3].tolist() == pytest.approx(want, abs=1e-4)
+    assert (rw.stats["excess"] >= 0).all()
+    rec = rw.step()
+    assert rec["excess"][:3] == pytest.approx([w / 4 for w in want], abs=1e-4)  # mean over 4 samples each
+    assert rec["doremi_alpha"][0] < rec["doremi_alpha"][1] < rec["doremi_alpha"][2]
+
+
+def test_excess_loss_is_clipped_at_zero_per_packed_segment(tiny_tokens, ref_run):
+    """Packed windows: the clip is per document piece, max(seg_loss - ref_seg_loss, 0), before the
+    per-topic statistic (stat_per=segment: one mean per piece; token: the piece's sum)."""
+    import numpy as np
+
+    from toremi.data.loader import Batch
+    from toremi.data.shards import TokenDataset
+    from toremi.train import segments
+    from toremi.train.reweighter import Reweighter
+
+    ds = TokenDataset(tiny_tokens)
+    assert ds.packed
+    b = Batch(**ds.gather(np.linspace(0, len(ds) - 1, 6).astype(np.int64)))
+    S = b.seg_topics.shape[0]
+    seg_topic = b.seg_topics[:, 0]  # topics_from=label: one topic per document
+    assert (seg_topic >= 0).all() and {0, 1}.issubset(set(seg_topic.tolist()))
+    for stat_per in ("segment", "token"):
+        rw = Reweighter(ds.num_topics, MethodConfig(name="doremi", reference=str(ref_run), interval=1),
+                        stat_per=stat_per)
+        with torch.no_grad():
+            ref_ce = segments.token_ce(rw.ref_model(b.input_ids), b.labels)
+        d = torch.tensor([_delta(int(t), j) for j, t in enumerate(seg_topic)])  # per token of piece j
+        ce = torch.where(b.seg_ids >= 0, ref_ce + d[b.seg_ids.clamp(min=0)], 0.0)
+        _, seg_n, _, _ = rw.observe_packed([ce], [b], torch.ones(S, dtype=torch.bool), stat_per)
+        want = torch.zeros(ds.num_topics, dtype=torch.float64)
+        for j in range(S):
+            if seg_n[j] > 0:
+                want[seg_topic[j]] += max(float(d[j]), 0.0) * (1 if stat_per == "segment" else float(seg_n[j]))
+        assert want[0] == 0 and want[1] > 0
+        assert rw.stats["excess"][:ds.num_topics].tolist() == pytest.approx(want.tolist(), abs=1e-3), stat_per
+        rec = rw.step()
+        assert rec["excess"][0] == pytest.approx(0.0, abs=1e-6) and min(rec["excess"]) >= 0

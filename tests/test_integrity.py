@@ -504,3 +504,44 @@ def test_mixed_format_folder_is_ingested_whole(tmp_path):
     m = read_json(tmp_path / "c" / "manifest.json")
     assert m["ingest"]["formats"] == {"parquet": 1, "jsonl": 1, "text": 1}
     assert m["domains"]["notes"]["train"]["documents"] == 3
+
+
+def test_file_changed_after_its_hash_was_cached_is_hashed_again(tmp_path, monkeypatch):
+    """The sha256 cache is keyed by (size, mtime, ctime): an edit of the same size whose mtime is
+    put back (as `cp -p`, `touch -r` or a careless tool do) still changes the ctime, so the stale
+    hash is not reused and the recorded hash no longer matches."""
+    import hashlib
+    import sqlite3
+
+    from toremi import integrity
+
+    cache = tmp_path / "sha256.sqlite"
+    monkeypatch.setenv("TOREMI_HASH_CACHE", str(cache))
+    root = tmp_path / "corpus"
+    f = root / "documents" / "news" / "shard-00000.parquet"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"A" * 4096)
+    old = hashlib.sha256(b"A" * 4096).hexdigest()
+    assert integrity.file_sha256(f) == old
+    with sqlite3.connect(cache) as db:  # it was cached under the file's current key
+        st = f.stat()
+        assert db.execute("SELECT size, mtime, ctime, sha FROM h").fetchall() == \
+            [(4096, st.st_mtime_ns, st.st_ctime_ns, old)]
+    assert integrity.file_sha256(f) == old  # unchanged: served from the cache
+    time.sleep(0.05)  # the kernel's file clock is coarse (a few ms): let the edit get a later ctime
+    before = f.stat()
+    with open(f, "r+b") as fh:  # same size, one byte changed, mtime restored
+        fh.seek(100)
+        fh.write(b"B")
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = f.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    new = hashlib.sha256(b"A" * 100 + b"B" + b"A" * 3995).hexdigest()
+    assert integrity.file_sha256(f) == new
+    # a stage checking the file against its recorded hash (the one cached before) refuses it
+    (root / "manifest.json").write_text(json.dumps({"shards": [{"path": str(f.relative_to(root)), "sha256": old}]}))
+    with pytest.raises(integrity.IntegrityError, match=f"sha256 {new[:12]} differs from the recorded {old[:12]}"):
+        integrity.verify_corpus_shards(root, [f])
+    time.sleep(0.05)  # and a plain same-size edit (mtime moves too) as well
+    f.write_bytes(b"C" * 4096)
+    assert integrity.file_sha256(f) == hashlib.sha256(b"C" * 4096).hexdigest()

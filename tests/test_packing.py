@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from toremi.data.loader import Batch, BatchLoader
+from toremi.data import packing as packmod
 from toremi.data.packing import pack_shard
 from toremi.data.shards import TokenDataset
 from toremi.methods import MethodConfig, rules
@@ -58,6 +59,40 @@ def test_pack_shard_bookkeeping_with_a_50k_token_document():
         [2, 1, 50_000, 7, 1, 1, 130, 2]  # the first document's first token is never a target
     for lengths in ([1], [2], [65], [64, 64, 1], list(range(1, 40))):
         _check_pack(lengths, seq_len=16)
+
+
+
+def test_pack_shard_of_an_empty_shard_is_empty():
+    """A shard with no documents (or only EOT-only documents adding up to one token) has no target:
+    no windows, no segments, an empty CSR map, and the downstream helpers accept it."""
+    for lengths in ([], [1]):
+        p = pack_shard(np.asarray(lengths, dtype=np.int64), 16, np.zeros(sum(lengths) + 1, dtype=np.int64))
+        assert set(p) == {"offset", "length", "bytes", "seg_ptr", "seg_start", "seg_len", "seg_doc", "seg_bytes"}
+        assert p["seg_ptr"].tolist() == [0]
+        assert all(len(v) == 0 for k, v in p.items() if k != "seg_ptr"), {k: len(v) for k, v in p.items()}
+        doc_topics = np.zeros((len(lengths), 2), dtype=np.int32)
+        assert packmod.window_topics(p["seg_ptr"], p["seg_doc"], doc_topics).shape == (0, 1)
+        win, bucket, share = packmod.topic_shares(p["seg_ptr"], p["seg_len"], p["seg_doc"], doc_topics, 3)
+        assert len(win) == len(bucket) == len(share) == 0
+
+
+def test_an_empty_training_shard_prepares_packed_and_trains(tiny_corpus, tmp_path):
+    """``toremi prepare`` (default packing=docs) with one domain's training shard empty: the other
+    domains' documents are all packed, and a batch is drawn from the packed index."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    empty = corpus / "documents" / "tech" / "shard-00000.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+                             "domain": pa.array([], pa.string()), "label": pa.array([], pa.string()),
+                             "source": pa.array([], pa.string())}), empty)
+    out = prepare(PrepareConfig(corpus=corpus, out=tmp_path / "tok", tokenizer="bpe:300", seq_len=32,
+                                topics_from="domain", bpe_train_mb=0.2))
+    ds = TokenDataset(out)
+    assert ds.packed and len(ds) > 0
+    m = ds.manifest
+    assert m["packing"] == "docs" and m["packed"]["windows"] == len(ds)
+    b = BatchLoader(ds, batch_size=4).next_batch()
+    assert (b.labels != -100).any()
 
 
 def _files(d: Path) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ EXIT_USAGE = 2         # bad input or invocation, refused with a one-line messag
 EXIT_DIVERGED = 3      # train stopped on persistent non-finite loss (checkpoint written)
 EXIT_OS_ERROR = 74     # the OS refused a read/write (disk full, file too large, permission)
 EXIT_INTERRUPTED = 75  # interrupted by SIGTERM/SIGINT or stop_at_step; progress kept, rerun resumes
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`toremi ... | head`): 128 + SIGPIPE, as a shell reports it
 
 
 class Interrupted(Exception):
@@ -65,6 +66,27 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a stage; a reader that closes stdout early (``| head``) ends it quietly."""
+    try:
+        rc = _dispatch(argv)
+        sys.stdout.flush()  # inside the try: a failed flush at interpreter exit would print a warning
+        return rc
+    except BrokenPipeError:
+        quiet_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null so the flush at interpreter exit cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured): nothing left to flush
+        pass
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -108,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"toremi {stage}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # stdout closed early: main() ends quietly
+        raise
     except OSError as exc:
         if debug:
             raise

@@ -107,9 +107,9 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
     tid_given = candidates is not None
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tqdm import tqdm
 
     from toremi.corpus.build import write_derived_manifest as write_corpus_manifest
+    from toremi.progress import bar
 
     src, out = Path(cfg.corpus), Path(cfg.out)
     ann = layout.annotation_dir(src, cfg.annotations)
@@ -140,7 +140,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
                         ignore=shutil.ignore_patterns("embeddings"))
     corrupt = CORRUPT[cfg.kind]
     counts, hashes = {}, {}
-    for p in tqdm(doc_shards, desc=f"noise {cfg.kind}", disable=len(doc_shards) < 4):
+    for p in bar(doc_shards, desc=f"noise {cfg.kind}", unit="shard", disable=len(doc_shards) < 4):
         table = pq.read_table(p)
         ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
         hit = [i for i, d in enumerate(ids) if d in chosen]

@@ -173,14 +173,3 @@ def load_tokenizer(spec: str, train_texts: Iterable[str] | None = None) -> Token
         return from_file(Path(spec))
     raise ValueError(f"tokenizer {spec!r}: use 'gpt2', 'bpe:<vocab_size>' or a path to a "
                      f"tokenizer.json / HF tokenizer folder")
-
-
-def check_gpt2() -> dict:
-    tok = gpt2()
-    return {"hello_world": tok.encode("Hello world"), "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id, "ok": tok.encode("Hello world") == [15496, 995]
-            and tok.vocab_size == 50257 and tok.eot_id == 50256}
-
-
-def describe(tok: Tokenizer) -> str:
-    return json.dumps(tok.info())

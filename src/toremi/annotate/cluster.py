@@ -108,13 +108,6 @@ def assign(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65_536, spher
     return labels, dist
 
 
-def cluster_stats(labels: np.ndarray, k: int) -> dict:
-    sizes = np.bincount(labels[labels >= 0], minlength=k)
-    return {"k": k, "sizes": sizes.tolist(), "empty_clusters": int((sizes == 0).sum()),
-            "singleton_clusters": int((sizes == 1).sum()), "unassigned_docs": int((labels < 0).sum()),
-            "largest": int(sizes.max(initial=0)), "median_size": float(np.median(sizes)) if k else 0.0}
-
-
 def sample_rows(arrays: list[np.ndarray], n: int, seed: int) -> np.ndarray:
     """Uniform sample of up to ``n`` non-empty rows across memory-mapped shards, gathered shard by
     shard (the shards are never concatenated whole)."""

@@ -101,9 +101,11 @@ class SentenceTransformerEmbedder(Embedder):
         self.name = f"st:{Path(model).name}:{self.model.max_seq_length}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:  # sentence-transformers answers [] with a 1-D empty array
+            return np.zeros((0, self.dim), np.float32)
         emb = self.model.encode(texts, batch_size=self.cfg.batch_size, convert_to_numpy=True,
                                 show_progress_bar=False, normalize_embeddings=False)
-        out = emb.astype(np.float32)
+        out = np.asarray(emb, dtype=np.float32).reshape(len(texts), self.dim)
         out[[not t.strip() for t in texts]] = 0.0
         return _normalise(out)
 
@@ -132,7 +134,10 @@ def make_embedder(cfg: EmbedConfig) -> Embedder:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
+    """Unit rows of a [N, dim] array (all-zero rows stay zero); [0, dim] in, [0, dim] out."""
     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be [N, dim], got shape {x.shape}")
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 1e-12)
 

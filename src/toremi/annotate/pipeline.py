@@ -128,9 +128,9 @@ class LocalEngine:
         self.progress = progress
 
     def map(self, fn, items: list[dict], desc: str) -> list:
-        from tqdm.auto import tqdm
+        from toremi.progress import bar
 
-        return [fn(it) for it in tqdm(items, desc=desc, unit="shard", disable=not self.progress)]
+        return [fn(it) for it in bar(items, desc=desc, unit="shard", disable=not self.progress)]
 
     def embed(self, shards: list[Path], outs: list[Path], cfg: EmbedConfig, parts_root: Path) -> list[dict]:
         items = [{"doc": str(s), "out": str(o), "cfg": to_dict(cfg)} for s, o in zip(shards, outs)]
@@ -315,8 +315,9 @@ class Annotator:
 
 
 def stats_from_sizes(sizes: np.ndarray, k: int) -> dict:
-    """``cluster_stats`` from the bincount of ``labels + 1`` (entry 0 = unassigned documents), so
-    the driver never holds one label per document."""
+    """Cluster sizes and counts (empty, singleton, unassigned, largest, median) from the bincount of
+    ``labels + 1`` (entry 0 = unassigned documents), so the driver never holds one label per
+    document."""
     c = sizes[1:]
     return {"k": k, "sizes": c.tolist(), "empty_clusters": int((c == 0).sum()),
             "singleton_clusters": int((c == 1).sum()), "unassigned_docs": int(sizes[0]),
@@ -343,7 +344,3 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def load_topics(out_dir: str | Path) -> dict:
-    return json.loads(layout.topics_json(out_dir).read_text())

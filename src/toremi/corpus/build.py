@@ -407,7 +407,7 @@ def load_tokenizer(cfg: CorpusConfig):
 @locked("corpus build", lambda cfg, show=True: cfg.out)  # one writer per corpus dir
 def build(cfg: CorpusConfig, show: bool = True) -> dict:
     """Build (or resume) the corpus of ``cfg.domains`` under ``cfg.out``; returns the manifest."""
-    from tqdm import tqdm
+    from toremi.progress import bar as progress_bar
 
     from .sources import read_domain
 
@@ -416,7 +416,7 @@ def build(cfg: CorpusConfig, show: bool = True) -> dict:
     t0 = time.time()
     tokenizer = load_tokenizer(cfg)
     infos = {}
-    bar = tqdm(cfg.domains, desc="corpus", unit="domain", disable=not show)
+    bar = progress_bar(cfg.domains, desc="corpus", unit="domain", disable=not show)
     for domain in bar:
         bar.set_postfix_str(domain)
         fp = cfg.fingerprint(domain, DOMAINS[domain].version)

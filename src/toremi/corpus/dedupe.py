@@ -39,17 +39,6 @@ def normalise_key(text: str, batch: int = 65_536) -> bytes:
     return h.digest()
 
 
-def exact_duplicates(texts: list[str]) -> np.ndarray:
-    """Boolean mask: True for every document whose normalised text appeared earlier."""
-    seen: set[bytes] = set()
-    dup = np.zeros(len(texts), dtype=bool)
-    for i, t in enumerate(texts):
-        k = normalise_key(t)
-        dup[i] = k in seen
-        seen.add(k)
-    return dup
-
-
 def _word_id_chunks(text: str, cache: dict, chunk: int) -> Iterator[np.ndarray]:
     """The word ids of ``text`` in arrays of at most ``chunk`` (memory bounded for long texts)."""
     it = (m.group() for m in _WORD.finditer(text.lower()))

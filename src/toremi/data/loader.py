@@ -56,10 +56,6 @@ class Batch:
                         getattr(self, f.name).to(device, non_blocking=non_blocking)
                         for f in fields(self)})
 
-    @property
-    def num_target_tokens(self) -> torch.Tensor:
-        return (self.labels != -100).sum()
-
 
 class BatchLoader:
     def __init__(self, dataset: TokenDataset, batch_size: int, seed: int = 0, rank: int = 0,

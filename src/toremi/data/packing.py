@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.io import atomic_path
 
 WINDOW_KEYS = ("shard", "offset", "length", "bytes", "domain", "seg_ptr", "topics")
 SEGMENT_KEYS = ("seg_start", "seg_len", "seg_doc", "seg_bytes")
@@ -48,7 +47,7 @@ def pack_shard(lengths: np.ndarray, seq_len: int, byte_cumsum: np.ndarray) -> di
     # of the document before); the shard's first document starts at 0 (its first token is no target)
     doc_start = np.maximum(np.cumsum(lengths) - lengths - 1, 0)
     points = np.union1d(doc_start[doc_start < inputs], offset)   # every segment start, sorted
-    ends = np.append(points[1:], inputs)
+    ends = np.append(points[1:], inputs)[: len(points)]  # no segment at all: no end either
     window = points // seq_len
     doc = np.searchsorted(doc_start, points, side="right") - 1  # last doc starting there (skips empty docs)
     seg_ptr = np.concatenate([[0], np.cumsum(np.bincount(window, minlength=n_win))]).astype(np.int64)
@@ -93,14 +92,6 @@ def topic_shares(seg_ptr: np.ndarray, seg_len: np.ndarray, seg_doc: np.ndarray, 
     win_tokens = np.maximum(np.bincount(win_of_seg, weights=seg_len, minlength=n_win), 1)
     win = uniq // (num_topics + 1)
     return win, uniq % (num_topics + 1), share / win_tokens[win]
-
-
-def write_packed(out_dir: Path, arrays: dict[str, np.ndarray]) -> None:
-    """One ``.npy`` per array (memory-mappable), each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for key, value in arrays.items():
-        with atomic_path(out_dir / f"{key}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(value))
 
 
 def read_packed(in_dir: Path) -> dict[str, np.ndarray]:

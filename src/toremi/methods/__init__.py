@@ -18,11 +18,6 @@ for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _NOT_METHODS and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-from toremi.methods.toremi import PRESETS  # noqa: E402  (re-exported)
-
-
-def method_names() -> list[str]:
-    return sorted(REGISTRY)
 
 
 def build_method(cfg: MethodConfig | str, num_topics: int, total_steps: int = 1,
@@ -34,4 +29,4 @@ def build_method(cfg: MethodConfig | str, num_topics: int, total_steps: int = 1,
     return method_info(cfg.name).cls(cfg, num_topics, total_steps, topic_counts)
 
 
-__all__ = ["PRESETS", "REGISTRY", "Method", "MethodConfig", "build_method", "method_names", "register"]
+__all__ = ["REGISTRY", "Method", "MethodConfig", "build_method", "register"]
