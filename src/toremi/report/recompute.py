@@ -113,7 +113,7 @@ def export(exp_dir: Path, dest: Path) -> Path:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy2(exp_dir / f, dest / f)
     for r in res["runs"]:
-        src = exp_dir / r["dir"] if not Path(r["dir"]).is_absolute() else Path(r["dir"])
+        src = exp_dir / "runs" / Path(r["dir"]).name  # layout.experiment_run, wherever it ran from
         out = dest / "runs" / src.name
         out.mkdir(parents=True, exist_ok=True)
         for f in RUN_FILES:

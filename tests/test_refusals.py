@@ -1,0 +1,101 @@
+"""Every refusal of the paired statistics, and the Holm adjustment, on real run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from toremi import stats
+from toremi.report import main as report_main
+from toremi.runs import load_run
+
+DOMAINS = ("code", "legal", "news")
+
+
+def write_run(root, name, seed, nll=3.0, size="tiny", lr=1e-3, data="d1", steps=100, domains=DOMAINS,
+              max_docs=64, label_method="uniform"):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "model": {"size": size}, "optim": {"lr": lr},
+                                                   "packing": "docs", "batch_size": 16, "accum": 1}))
+    info = {"method": label_method, "status": "done", "total_steps": steps, "tokens_per_step": 2048}
+    if data is not None:
+        info["data_hash"] = data
+    (d / "run.json").write_text(json.dumps(info))
+    (d / "eval.json").write_text(json.dumps({
+        "domains": {dom: {"nll": nll + 0.01 * i, "bpb": nll / 4, "ppl": math.exp(nll)} for i, dom in enumerate(domains)},
+        "config": {"max_docs": max_docs, "script_filter": "latin"}}))
+    return d
+
+
+def grid(tmp_path, **method_kw):
+    runs = []
+    for s in (1, 2, 3):
+        runs.append(load_run(write_run(tmp_path, f"uniform-s{s}", s, nll=3.0 + 0.1 * s), "uniform"))
+        runs.append(load_run(write_run(tmp_path, f"m-s{s}", s, nll=2.9 + 0.1 * s + 0.001 * s, **method_kw), "m"))
+    return runs
+
+
+def test_a_clean_grid_passes_with_holm(tmp_path):
+    p = stats.paired(grid(tmp_path))
+    s = p["methods"]["m"]["macro_nll"]
+    assert s["verdict_holm"] == "better" and s["p_holm"] == pytest.approx(s["p"]) and s["p"] < 0.05
+
+
+def test_holm_adjusts_over_the_grids_methods():
+    methods = {m: {"macro_nll": {"mean": 0.1, "p": p}} for m, p in (("a", 0.01), ("b", 0.02), ("c", 0.04))}
+    stats.holm(methods)
+    assert [methods[m]["macro_nll"]["p_holm"] for m in "abc"] == pytest.approx([0.03, 0.04, 0.04])
+    assert [methods[m]["macro_nll"]["verdict_holm"] for m in "abc"] == ["worse"] * 3
+    methods["c"]["macro_nll"]["p"] = 0.2
+    stats.holm(methods)
+    assert methods["c"]["macro_nll"]["verdict_holm"] == "no difference detected"
+
+
+def test_duplicate_label_and_seed_is_refused(tmp_path):
+    runs = grid(tmp_path)
+    runs.append(load_run(write_run(tmp_path, "alpha0-s1", 1), "m"))
+    with pytest.raises(stats.EvidenceError, match=r"two runs are m seed 1: .*m-s1 and .*alpha0-s1"):
+        stats.paired(runs)
+
+
+def test_missing_data_hash_or_budget_is_refused(tmp_path):
+    runs = grid(tmp_path)
+    runs.append(load_run(write_run(tmp_path, "x-s1", 1, data=None), "x"))
+    with pytest.raises(stats.EvidenceError, match=r"x-s1 .* records no data hash"):
+        stats.paired(runs)
+
+
+@pytest.mark.parametrize("kw, key", [({"size": "small-cpu"}, "model.size"), ({"lr": 3e-3}, "optim.lr"),
+                                     ({"max_docs": 10}, "eval.max_docs"), ({"data": "d2"}, "data hash"),
+                                     ({"steps": 50}, "token budget")])
+def test_different_settings_are_refused_unless_declared(tmp_path, kw, key):
+    with pytest.raises(stats.EvidenceError, match=key.replace(".", r"\.")):
+        stats.paired(grid(tmp_path, **kw))
+    if "." in key:  # a method's entry that declares the key may change it
+        stats.paired(grid(tmp_path / "ok", **kw), declared={"m": [key]})
+
+
+def test_a_domain_missing_from_one_run_is_refused(tmp_path):
+    with pytest.raises(stats.EvidenceError, match=r"m-s1 .* no held-out result for domain\(s\) \['news'\]"):
+        stats.paired(grid(tmp_path, domains=("code", "legal")))
+    p = stats.paired(grid(tmp_path / "ex"), exclude=("news",))
+    assert p["domains"] == ["code", "legal"] and p["excluded"] == ["news"]
+
+
+def test_recompute_names_missing_files(tmp_path, capsys):
+    g = tmp_path / "g"
+    write_run(g / "runs", "uniform-s1", 1)
+    (g / "runs" / "uniform-s1" / "eval.json").unlink()
+    assert report_main(["--recompute", str(g)]) == 2
+    assert "missing per-run files: uniform-s1/metrics.jsonl, uniform-s1/eval.json" in capsys.readouterr().err
+
+
+def test_report_runs_refuses_a_duplicate(tmp_path, capsys):
+    a = write_run(tmp_path, "uniform-s1", 1)
+    b = write_run(tmp_path / "other", "uniform-s1", 1)
+    assert report_main(["--runs", str(a), str(b), "--out", str(tmp_path / "rep")]) == 2
+    assert "two runs are uniform seed 1" in capsys.readouterr().err
