@@ -99,3 +99,16 @@ def test_report_runs_refuses_a_duplicate(tmp_path, capsys):
     b = write_run(tmp_path / "other", "uniform-s1", 1)
     assert report_main(["--runs", str(a), str(b), "--out", str(tmp_path / "rep")]) == 2
     assert "two runs are uniform seed 1" in capsys.readouterr().err
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("grid, exclude", [("quality_leakfree", []), ("noise_quality", []),
+                                           ("noise_quality", ["news"])])
+def test_committed_grids_recompute_from_their_per_run_files(grid, exclude, capsys):
+    """The committed results are what the committed per-run files give (no stale table)."""
+    path = REPO / "docs" / "results" / grid
+    assert (path / "runs").is_dir()
+    args = ["--recompute", str(path), "--check"] + (["--exclude", *exclude] if exclude else [])
+    assert report_main(args) == 0, capsys.readouterr().err
