@@ -273,7 +273,14 @@ def test_pre_reweighter_checkpoint_resumes_bit_exact(tiny_tokens, tmp_path, refe
     state = torch.load(path, weights_only=False)
     torch.save(to_layout1(state), path)
     train(make_cfg(tiny_tokens, run, *METHOD_ARGS["toremi"]))
-    assert_same_run(reference_runs["toremi"], run)
+    # A layout-1 checkpoint predates the per-topic epoch counters: they restart from the resume
+    # step (documented); everything else continues bit for bit.
+    epochs = ("topic_tokens_seen", "topic_epochs", "topic_weighted_epochs")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in epochs} for r in rs]  # noqa: E731
+    (ma, wa), (mb, wb) = logs(reference_runs["toremi"]), logs(run)
+    assert ma == mb and strip(wa) == strip(wb) and len(wa) > 0
+    sa, sb = final_state(reference_runs["toremi"]), final_state(run)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_checkpoint_from_a_newer_layout_is_refused(tiny_tokens, tmp_path):

@@ -36,9 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from toremi import integrity, layout
+from toremi import integrity, layout, progress
 from toremi import prepare_merge as merge
 from toremi.corpus.documents import iter_shards
 from toremi.config import flags_to_overrides, load_config, save_config
@@ -298,7 +297,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     encode = lambda k: pool.submit(_read_and_encode, jobs[k][2], tok, cfg.batch_docs, jobs[k][0],  # noqa: E731
                                    cfg.dev_fraction, cfg.dev_seed)
     pending = {k: encode(k) for k in todo[:1]}
-    bar = tqdm(jobs, desc="prepare", unit="shard", disable=None)
+    bar = progress.bar(jobs, desc="prepare", unit="shard")
     for k, (split, _, shard) in enumerate(bar):
         out_bin = out_bins[k]
         if k in finished:

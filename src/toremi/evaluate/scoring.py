@@ -31,7 +31,9 @@ def score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray,
 
 def _score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray, batch_size: int,
            progress: str | None) -> tuple[np.ndarray, np.ndarray]:
-    from tqdm import tqdm
+    import sys
+
+    from toremi.progress import bar, is_tty
 
     n = len(windows)
     lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)
@@ -44,8 +46,9 @@ def _score(lm: LoadedModel, windows: list[np.ndarray], n_scored: np.ndarray, bat
     device = lm.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=lm.bf16)
     batches = range(0, n, batch_size)
-    for start in tqdm(batches, desc=progress, disable=progress is None or len(batches) < 4,
-                      leave=False):
+    # per-domain bars only on a terminal: eval logs hold one result line per domain instead
+    quiet = progress is None or len(batches) < 4 or not is_tty(sys.stderr)
+    for start in bar(batches, desc=progress or "", disable=quiet, leave=False):
         idx = order[start:start + batch_size]
         width = int(lengths[idx].max())
         steps = np.arange(width)

@@ -62,10 +62,10 @@ class RunLogger:
         self.run_info = self._run_info()
         atomic_write_json(layout.run_info(run), self.run_info)
         if cfg.progress:
-            from tqdm.auto import tqdm
+            from toremi.progress import bar
 
-            self.pbar = tqdm(total=trainer.total, initial=trainer.step, unit="step", dynamic_ncols=True,
-                             desc=f"train {cfg.method.name}")
+            self.pbar = bar(total=trainer.total, initial=trainer.step, unit="step", dynamic_ncols=True,
+                            desc=f"train {cfg.method.name}")
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
