@@ -249,7 +249,9 @@ def test_every_stage_accepts_an_empty_shard(tmp_path):
     ds = TokenDataset(tok)
     assert ds.packed and len(ds) > 0
     assert ds.manifest["per_domain"]["void"]["train"] == {"documents": 0, "tokens": 0, "bytes": 0}
-    assert [s["documents"] for s in ds.manifest["shards"] if s["domain"] == "void"] == [0]
+    assert ds.manifest["per_domain"]["void"]["dev"] == {"documents": 0, "tokens": 0, "bytes": 0}
+    assert [(s["split"], s["documents"]) for s in ds.manifest["shards"] if s["domain"] == "void"] == \
+        [("train", 0), ("dev", 0)]
     run = train(load_config(TrainConfig, None, [f"tokens_dir={tok}", f"out={tmp_path / 'run'}", "steps=2",
                                                  "batch_size=2", "eval_every=0", "progress=false",
                                                  "model.size=tiny", "device=cpu"]))
