@@ -112,3 +112,13 @@ def test_committed_grids_recompute_from_their_per_run_files(grid, exclude, capsy
     assert (path / "runs").is_dir()
     args = ["--recompute", str(path), "--check"] + (["--exclude", *exclude] if exclude else [])
     assert report_main(args) == 0, capsys.readouterr().err
+
+
+def test_report_takes_a_config_file(tmp_path, capsys):
+    cfg = tmp_path / "report.yaml"
+    cfg.write_text(yaml.safe_dump({"recompute": str(REPO / "docs" / "results" / "noise_quality"),
+                                   "exclude": ["news"], "check": True}))
+    assert report_main(["--config", str(cfg)]) == 0
+    cfg.write_text(yaml.safe_dump({"recompte": "x"}))
+    assert report_main(["--config", str(cfg)]) == 2
+    assert "unknown key 'recompte'" in capsys.readouterr().err
