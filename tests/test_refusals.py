@@ -122,3 +122,28 @@ def test_report_takes_a_config_file(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"recompte": "x"}))
     assert report_main(["--config", str(cfg)]) == 2
     assert "unknown key 'recompte'" in capsys.readouterr().err
+
+
+def test_a_finished_run_with_another_config_is_refused_by_the_grid(tiny_tokens, tmp_path):
+    """experiment reuses a finished run only when it trained with the grid's settings."""
+    from toremi.config import ConfigError, load_config
+    from toremi.experiment import config_drift, main as experiment_main
+    from toremi.train import TrainConfig, train
+
+    base = [f"tokens_dir={tiny_tokens}", "steps=2", "batch_size=2", "eval_every=0", "progress=false",
+            "model.size=tiny", "device=cpu", "seed=1"]
+    run = tmp_path / "exp" / "runs" / "uniform-s1"
+    train(load_config(TrainConfig, None, base + [f"out={run}"]))
+    same = load_config(TrainConfig, None, base + [f"out={run}", "log_every=7"])
+    assert config_drift(run, same) == ""  # cadence and location are not settings of the result
+    other = load_config(TrainConfig, None, base + [f"out={run}", "optim.lr=0.01"])
+    assert "optim.lr: 0.001 vs 0.01" in config_drift(run, other) or "optim.lr" in config_drift(run, other)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"name": "g", "out": str(tmp_path / "exp"), "tokens": str(tiny_tokens),
+                                   "seeds": [1], "evaluate": False, "report": False,
+                                   "train": {"steps": 2, "batch_size": 2, "eval_every": 0, "progress": False,
+                                             "model": {"size": "tiny"}, "device": "cpu",
+                                             "optim": {"lr": 0.01}},
+                                   "methods": [{"name": "uniform", "train": {"method.name": "uniform"}}]}))
+    with pytest.raises(ConfigError, match=r"uniform-s1 finished with other settings than this grid's \(optim\.lr"):
+        experiment_main(["--config", str(exp)])
