@@ -155,7 +155,7 @@ def test_experiment_eval_typo_fails_before_any_work_and_before_torch(tmp_path):
 
 @pytest.mark.parametrize("old,new,message", [
     ("  steps: 2000", "  stepz: 2000", "['train.stepz']; valid keys here: ["),
-    ("method.tau: 3.0", "method.tua: 3.0", "unknown config key method.tua; valid keys"),
+    ("method.alpha: 0.1", "method.alhpa: 0.1", "unknown config key method.alhpa; valid keys"),
     ("seq_len: 128,", "seq_lenn: 128,", "['pipeline.prepare.seq_lenn']; valid keys here: ["),
     ("max_mb_per_domain: 1.5", "max_mb_per_domian: 1.5", "['pipeline.corpus.max_mb_per_domian']"),
 ])
