@@ -113,7 +113,7 @@ def tokens_manifest(tokens: str | Path) -> Path:
 
 
 def tokens_index(tokens: str | Path, split: str) -> Path:
-    """Sequence index of ``train`` or ``val``."""
+    """Sequence index of ``train`` or ``dev``."""
     return Path(tokens) / f"index-{split}.npz"
 
 

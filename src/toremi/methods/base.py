@@ -222,7 +222,7 @@ class Method:
         """Called after each evaluation (used by the plateau stage switch)."""
 
     def on_val_topics(self, step: int, topic_loss: Tensor) -> None:
-        """Per-topic validation loss [K] (NaN where the val split has no such topic), each eval."""
+        """Per-topic validation loss [K] (NaN where the dev split has no such topic), each eval."""
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.clone(), "probs": None if self.probs is None else self.probs.clone(),

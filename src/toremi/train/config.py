@@ -44,7 +44,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    tokens_dir: Optional[Path] = None  # prepared tokens (``toremi prepare``); val split used for eval
+    tokens_dir: Optional[Path] = None  # prepared tokens (``toremi prepare``); its dev split feeds in-training validation
     out: Optional[Path] = None         # run dir
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
