@@ -60,7 +60,9 @@ def settings(run: dict) -> dict:
     out.update({f"optim.{k}": v for k, v in _flat(cfg.get("optim")).items()})
     out.update({k: cfg.get(k) for k in ("packing", "batch_size", "accum")})
     ev = (run.get("eval") or {}).get("config") or {}
-    out.update({f"eval.{k}": v for k, v in _flat(ev).items() if k not in ("run", "out", "model")})
+    # where things sit and how they are batched do not change a score (batch invariance is tested)
+    out.update({f"eval.{k}": v for k, v in _flat(ev).items()
+                if k not in ("run", "out", "model", "corpus", "piqa", "device", "batch_size")})
     return out
 
 
