@@ -55,7 +55,7 @@ def _flat(d: dict | None, prefix: str = "") -> dict:
 def settings(run: dict) -> dict:
     """The settings two compared runs must share, flattened: model, optimiser, packing, context,
     and the evaluation's own settings (where it ran)."""
-    cfg = run["config"]
+    cfg = run.get("config") or {}
     out = {f"model.{k}": v for k, v in _flat(cfg.get("model")).items()}
     out.update({f"optim.{k}": v for k, v in _flat(cfg.get("optim")).items()})
     out.update({k: cfg.get(k) for k in ("packing", "batch_size", "accum")})
@@ -98,8 +98,8 @@ def check_comparable(runs: list[dict], declared: dict[str, list[str]] | None = N
         own = settings(r)
         allowed = tuple(declared.get(r["label"], [])) + tuple(declared.get(runs[0]["label"], []))
         diff = sorted(k for k in set(ref) | set(own) if ref.get(k) != own.get(k)
-                      and not (r["eval"] is None and k.startswith("eval."))
-                      and not (runs[0]["eval"] is None and k.startswith("eval."))
+                      and not (r.get("eval") is None and k.startswith("eval."))
+                      and not (runs[0].get("eval") is None and k.startswith("eval."))
                       and not any(k == a or k.startswith(a + ".") for a in allowed))
         if diff:
             shown = ", ".join(f"{k}: {ref.get(k)!r} vs {own.get(k)!r}" for k in diff[:4])
