@@ -180,9 +180,20 @@ def run_config(run: str | Path) -> Path:
 
 
 # --- experiment dir ------------------------------------------------------------------------------
+def experiment_runs(out: str | Path) -> Path:
+    """The folder of an experiment's (or a committed grid's) run dirs ``<label>-s<seed>``."""
+    return Path(out) / "runs"
+
+
 def experiment_run(out: str | Path, label: str, seed: int) -> Path:
     """The run dir of method ``label`` with ``seed`` in an experiment."""
-    return Path(out) / "runs" / f"{label}-s{seed}"
+    return experiment_runs(out) / f"{label}-s{seed}"
+
+
+def experiment_file(out: str | Path, name: str) -> Path:
+    """A grid-level file of an experiment: ``experiment.yaml``, ``unigram.json``,
+    ``results[-without-…].json|md``."""
+    return Path(out) / name
 
 
 if __name__ == "__main__":

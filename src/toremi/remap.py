@@ -126,8 +126,12 @@ def read_tokens_dir(path: Path) -> Labelled:
     if not man_path.exists():
         raise FileNotFoundError(f"{path}: not a finished tokens dir (no {man_path.name}; run `toremi prepare`)")
     man = read_json(man_path)
-    with np.load(layout.tokens_index(path, "train")) as z:
-        doc, topics, length = z["doc"].astype(np.int64), z["topics"], z["length"].astype(np.int64)
+    parts = []  # train and dev: both are the annotated training documents
+    for split in ("train", "dev"):
+        if layout.tokens_index(path, split).exists():
+            with np.load(layout.tokens_index(path, split)) as z:
+                parts.append((z["doc"].astype(np.int64), z["topics"], z["length"].astype(np.int64)))
+    doc, topics, length = (np.concatenate(c) for c in zip(*parts))
     all_ids = pq.read_table(layout.tokens_documents(path), columns=["id"]).column("id").combine_chunks()
     rows, first = np.unique(doc, return_index=True)  # documents with train sequences, in row order
     tokens = np.bincount(doc, weights=np.maximum(length - 1, 0), minlength=len(all_ids))[rows]

@@ -118,7 +118,7 @@ def _recompute(args) -> int:
             print(f"toremi report: {grid}: recomputed results differ from the committed ones at "
                   f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}", file=sys.stderr)
             return 1
-        print(f"report: {grid}: recomputed from {len(list((grid / 'runs').glob('*-s*')))} runs; matches the "
+        print(f"report: {grid}: recomputed from {len(list(layout.experiment_runs(grid).glob('*-s*')))} runs; matches the "
               f"committed results")
         return 0
     result, md = recompute(grid, args.exclude, args.baseline)

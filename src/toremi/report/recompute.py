@@ -23,6 +23,7 @@ from toremi.io import atomic_write_json, atomic_write_text, read_json
 from toremi.report.summary import markdown, summarize
 from toremi.runs import load_run
 
+F = layout.experiment_file
 RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl", "weights.jsonl", "eval.json")
 VOLATILE = ("tokens", "corpus", "config")  # where a grid ran, not what it found
 
@@ -54,32 +55,32 @@ def tabulate(runs: list, name: str, baseline: str, tokens=None, unigram: dict | 
 
 
 def grid_runs(grid: Path) -> list:
-    exp = yaml.safe_load((grid / "experiment.yaml").read_text()) if (grid / "experiment.yaml").exists() else {}
+    exp = yaml.safe_load(F(grid, "experiment.yaml").read_text()) if F(grid, "experiment.yaml").exists() else {}
     order = [(m["name"], s) for s in exp.get("seeds", []) for m in exp.get("methods", [])]
-    dirs = {p.name: p for p in sorted((grid / "runs").glob("*-s*")) if p.is_dir()}
+    dirs = {p.name: p for p in sorted(layout.experiment_runs(grid).glob("*-s*")) if p.is_dir()}
     if not dirs:
-        raise FileNotFoundError(f"{grid / 'runs'}: no per-run folders (<label>-s<seed>/); this grid cannot be "
+        raise FileNotFoundError(f"{layout.experiment_runs(grid)}: no per-run folders (<label>-s<seed>/); this grid cannot be "
                                 f"recomputed")
     named = [f"{lab}-s{s}" for lab, s in order] or sorted(dirs)
     missing = [f"{n}/{f}" for n in named for f in RUN_FILES
-               if f != "weights.jsonl" and not (grid / "runs" / n / f).exists()]
+               if f != "weights.jsonl" and not (layout.experiment_runs(grid) / n / f).exists()]
     if missing:
         raise FileNotFoundError(f"{grid}: cannot recompute, missing per-run files: {', '.join(missing[:6])}"
                                 f"{' ...' if len(missing) > 6 else ''}")
     labels = {f"{lab}-s{s}": lab for lab, s in order}
-    return [load_run(grid / "runs" / n, labels.get(n)) for n in named], exp
+    return [load_run(layout.experiment_runs(grid) / n, labels.get(n)) for n in named], exp
 
 
 def recompute(grid: Path, exclude=(), baseline: str | None = None, write: bool = True) -> tuple[dict, str]:
     grid = Path(grid)
     runs, exp = grid_runs(grid)
-    uni = read_json(grid / "unigram.json") if (grid / "unigram.json").exists() else None
+    uni = read_json(F(grid, "unigram.json")) if F(grid, "unigram.json").exists() else None
     result, md = tabulate(runs, exp.get("name", grid.name), baseline or exp.get("baseline", "uniform"),
                           None, uni, exclude, declared_keys(exp), exp.get("noise_topic"))
     if write:
         suffix = "" if not exclude else "-without-" + "-".join(sorted(exclude))
-        atomic_write_json(grid / f"results{suffix}.json", result)
-        atomic_write_text(grid / f"results{suffix}.md", md)
+        atomic_write_json(F(grid, f"results{suffix}.json"), result)
+        atomic_write_text(F(grid, f"results{suffix}.md"), md)
     return result, md
 
 
@@ -98,7 +99,7 @@ def differences(a, b, path: str = "") -> list[str]:
 def check(grid: Path, exclude=()) -> list[str]:
     """Recompute in memory and compare with the committed results(-without-…).json."""
     suffix = "" if not exclude else "-without-" + "-".join(sorted(exclude))
-    committed = read_json(Path(grid) / f"results{suffix}.json")
+    committed = read_json(F(grid, f"results{suffix}.json"))
     fresh, _ = recompute(grid, exclude, write=False)
     return differences(json.loads(json.dumps(fresh)), committed)
 
@@ -107,14 +108,14 @@ def export(exp_dir: Path, dest: Path) -> Path:
     """Copy a finished experiment's per-run files (no checkpoints), experiment.yaml, unigram.json
     and results into ``dest`` (e.g. docs/results/<grid>)."""
     exp_dir, dest = Path(exp_dir), Path(dest)
-    res = read_json(exp_dir / "results.json")
+    res = read_json(F(exp_dir, "results.json"))
     for f in ("experiment.yaml", "unigram.json", "results.json", "results.md"):
-        if (exp_dir / f).exists():
+        if F(exp_dir, f).exists():
             dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(exp_dir / f, dest / f)
+            shutil.copy2(F(exp_dir, f), F(dest, f))
     for r in res["runs"]:
-        src = exp_dir / "runs" / Path(r["dir"]).name  # layout.experiment_run, wherever it ran from
-        out = dest / "runs" / src.name
+        src = layout.experiment_runs(exp_dir) / Path(r["dir"]).name  # wherever it ran from
+        out = layout.experiment_runs(dest) / src.name
         out.mkdir(parents=True, exist_ok=True)
         for f in RUN_FILES:
             if (src / f).exists():
@@ -133,5 +134,5 @@ def write_unigram(exp_dir: Path, tokens) -> dict | None:
     if tokens is None or not layout.tokens_manifest(tokens).exists():
         return None
     uni = stats.unigram_cross_entropy(tokens)
-    atomic_write_json(Path(exp_dir) / "unigram.json", uni)
+    atomic_write_json(F(exp_dir, "unigram.json"), uni)
     return uni
