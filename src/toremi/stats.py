@@ -42,14 +42,10 @@ def budget_of(run: dict) -> int | None:
     return budget(run["info"])
 
 
-def _flat(d: dict | None, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _flat(d: dict | None) -> dict:
+    from toremi.config import flatten
+
+    return flatten(d or {})
 
 
 def settings(run: dict) -> dict:
