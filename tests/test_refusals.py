@@ -104,7 +104,7 @@ def test_report_runs_refuses_a_duplicate(tmp_path, capsys):
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("grid, exclude", [("quality_leakfree", []), ("noise_quality", []),
+@pytest.mark.parametrize("grid, exclude", [("quality_leakfree", []), ("noise_quality", []), ("cap_cpu", []),
                                            ("noise_quality", ["news"])])
 def test_committed_grids_recompute_from_their_per_run_files(grid, exclude, capsys):
     """The committed results are what the committed per-run files give (no stale table)."""
