@@ -19,12 +19,9 @@ def mean_ci(values) -> dict:
 
 def steps_to_reach(run: dict, target: float | None) -> int | None:
     """First evaluated step whose validation loss is <= target (None if never)."""
-    if target is None:
-        return None
-    for m in run["metrics"]:
-        if m.get("val_loss") is not None and m["val_loss"] <= target:
-            return int(m["step"])
-    return None
+    from toremi.dynamics import steps_to
+
+    return steps_to(run, target)
 
 
 def summarize(runs: list[dict], baseline: str = "uniform") -> dict:
