@@ -114,12 +114,13 @@ _VOLATILE = {"manifest.json": ("seconds", "index_sha256", "data_hash", "config.o
              "prepare.yaml": ("out", "engine"), ".meta.json": ("idx_sha256",)}
 
 
-def _drop(d: dict, keys) -> dict:
+def _drop(d: dict, keys) -> None:
     for k in keys:
         *up, last = k.split(".")
+        inner = d
         for u in up:
-            d = d.get(u) or {}
-        d.pop(last, None)
+            inner = inner.get(u) or {}
+        inner.pop(last, None)
 
 
 def diff_tokens(a: Path, b: Path) -> list[str]:
