@@ -122,6 +122,10 @@ def prepare(cfg: PrepareConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     train_shards = document_shards(cfg.corpus, "train")
     integrity.verify_corpus_shards(cfg.corpus, train_shards)  # before any text is read
+    if cfg.engine.name == "ray":  # an engine that does not answer fails before any work
+        from toremi.ray_cluster import connect
+
+        connect(cfg.engine)
     save_config(cfg, cfg.out / "prepare.yaml")
     tok = _resolve_tokenizer(cfg)
     domains = corpus_domains(cfg.corpus, train_shards)
