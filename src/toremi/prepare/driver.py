@@ -32,9 +32,11 @@ One driver for both engines (``engine.name=local|ray``):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -113,7 +115,18 @@ def map_jobs(cfg: PrepareConfig, fn: Callable[[dict], dict], items: list[dict]) 
         yield from stream_small(map_items(connect(cfg.engine), fn, items, "prepare"))
         return
     with ThreadPoolExecutor(max_workers=2) as pool:  # the tokenizer frees the GIL
-        yield from enumerate(pool.map(fn, items))
+        jobs = iter(enumerate(items))
+        running = deque((i, pool.submit(fn, item)) for i, item in itertools.islice(jobs, 2))
+        try:
+            while running:  # two jobs in flight; a failure or an interrupt starts no other
+                i, job = running.popleft()
+                result = job.result()
+                for j, item in itertools.islice(jobs, 1):
+                    running.append((j, pool.submit(fn, item)))
+                yield i, result
+        finally:
+            for _, job in running:
+                job.cancel()
 
 
 @integrity.locked("prepare", lambda cfg: cfg.out)  # one writer per tokens dir
