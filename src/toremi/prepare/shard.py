@@ -172,7 +172,7 @@ def record_shard(cfg, info: dict, split: str, shard: Path, out_bin: Path, inputs
 
 
 def reusable(cfg, jobs: list, out_bins: list[Path], inputs: list[dict]) -> dict[int, dict]:
-    """Job number -> meta of each token shard a rerun keeps as it is: done, the same inputs (exact
+    """Job number -> summary of each token shard a rerun keeps as it is: done, the same inputs (exact
     fingerprint, integrity.token_shard_inputs), its bytes and index unchanged. The others are
     redone, with the reason printed when an older shard is replaced."""
     finished = {}
@@ -185,8 +185,8 @@ def reusable(cfg, jobs: list, out_bins: list[Path], inputs: list[dict]) -> dict[
         if why is None and not (cfg.packing == "none" or split != "train"
                                 or out_bins[k].with_suffix(".pack.npz").exists()):
             why = "its packed index is missing"
-        if why is None:
-            finished[k] = meta
+        if why is None:  # its counts; the document ids stay in the meta file for the merge
+            finished[k] = {key: v for key, v in meta.items() if key != "doc_ids"}
         elif meta:
             print(f"toremi prepare: redoing {out_bins[k].name}: {why}", file=sys.stderr)
     return finished
