@@ -10,7 +10,6 @@ differences; with one seed there is no interval ("n/a").
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -133,7 +132,9 @@ def weights_digest(run_dir: str | Path) -> str | None:
     """sha256 of the final weights file (the negative control must match the baseline's)."""
     f = layout.run_final(run_dir) / "model.safetensors"
     if f.exists():
-        return hashlib.sha256(f.read_bytes()).hexdigest()
+        from toremi.done import file_sha256
+
+        return file_sha256(f)
     saved = Path(run_dir) / "final.sha256"  # a committed copy of the run keeps only the digest
     return saved.read_text().strip() if saved.exists() else None
 
