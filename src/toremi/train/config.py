@@ -77,6 +77,9 @@ class TrainConfig:
     # cap on any topic's effective epochs (tokens drawn / its tokens in the split); topic sampling
     # renormalises over the topics under it; a budget it cannot hold is refused before training
     max_repetition: Optional[float] = None
+    # resume on a re-annotated tokens dir: a `toremi remap` output mapping the checkpoint's topics
+    # to this tokens dir's (toremi.train.retopic); ignored when the checkpoint is on this data
+    remap: Optional[Path] = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.accum < 1:
