@@ -221,7 +221,7 @@ def limits(res: dict, scales: list[dict]) -> list[str]:
         f"{k} seeds: the bootstrap has only {res['distinct_resamples']} distinct resamples, so its CI is coarse "
         f"and too narrow (it treats these {k} seeds as the population); seed-to-seed noise within one scale can "
         f"swap methods whose Δs are within their CIs, and then disagreement says nothing about transfer.",
-        (f"It cannot separate model size from budget (both change between {a['name']} and {b['name']}); "
+        (f"It cannot separate model size from budget (both change between {a['name']} and {b['name']}). "
          if a.get("params") != b.get("params") and a.get("tokens_per_run") != b.get("tokens_per_run") else "")
         + f"It cannot say anything about other data, larger models or other methods, and two CPU-sized models "
         f"a factor ~{ratio:.1f} apart in parameters are not a proxy → production pair: read agreement here as "
@@ -235,7 +235,8 @@ def markdown(doc: dict) -> str:
 
     def where(s):
         p = f"{s['params'] / 1e6:.2f}M params" if s.get("params") else "?"
-        t = f"{s['tokens_per_run'] / 1e6:.2f}M tokens/run" if s.get("tokens_per_run") else "?"
+        n = s.get("tokens_per_run")
+        t = "?" if not n else f"{n / 1e6:.2f}M tokens/run" if n >= 1e5 else f"{n} tokens/run"
         return f"{s['name']}: {s.get('model')} ({p}), {t}, {s['dir']}"
     lines = [f"# Transfer check: {doc['name']}", "", f"- scale A = {where(a)}", f"- scale B = {where(b)}",
              f"- data hash {doc['data_hash'][:12]}, seeds {res['seeds']}, baseline {doc['baseline']}", "",
