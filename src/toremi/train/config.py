@@ -12,7 +12,7 @@ from toremi.model_sizes import SIZES
 
 @dataclass
 class ModelConfig:
-    size: str = "tiny"                 # tiny | small-cpu | medium-cpu | gpt2 | gpt2-medium
+    size: str = "tiny"                 # tiny | tiny-x10 | small-cpu | medium-cpu | ... (toremi.model_sizes)
     block_size: Optional[int] = None   # context; default: the tokens dir's seq_len
     dropout: float = 0.0
     pad_vocab_to: int = 64
