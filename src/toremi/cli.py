@@ -25,6 +25,7 @@ STAGES = {
     "eval": ("toremi.evaluate.cli", "per-domain perplexity and downstream accuracy"),
     "experiment": ("toremi.experiment", "grid of methods x seeds, evaluated and tabulated"),
     "remap": ("toremi.remap", "carry per-topic weights of a run over to a new topic set"),
+    "transfer": ("toremi.transfer", "does a method ranking at one model scale hold at another?"),
     "noise": ("toremi.noise", "corrupt one topic of the training data (noise experiment)"),
     "report": ("toremi.report", "HTML report and PNG plots from runs and evaluations"),
     "demo": ("toremi.demo", "the whole pipeline on a small slice of the shipped corpus"),

@@ -139,26 +139,44 @@ def weights_digest(run_dir: str | Path) -> str | None:
     return saved.read_text().strip() if saved.exists() else None
 
 
-def paired(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None) -> dict:
-    """Per method (≠ baseline): paired Δ NLL and Δ bits/byte per domain and macro, Δ of the
-    arithmetic macro perplexity (secondary), and whether the final weights equal the baseline's.
-
-    ``runs`` are ``toremi.runs.load_run`` records with ``eval``. A method run without a baseline run of
-    the same seed is refused (EvidenceError naming the missing run)."""
+def pairs_by_method(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None):
+    """The pairing every paired statistic uses: (domains, baseline run by seed, {label: [(run,
+    baseline run of its seed)]}), after ``check_comparable``; a run without its baseline is refused."""
     check_comparable(runs, declared)
     evald = [r for r in runs if r.get("eval")]
     domains = check_domains(runs, exclude)
     base = {r["seed"]: r for r in evald if r["label"] == baseline}
     labels = [lab for lab in dict.fromkeys(r["label"] for r in evald) if lab != baseline]
-    out = {"baseline": baseline, "domains": domains, "excluded": sorted(exclude),
-           "unit": "nats/token (nll), bits/byte (bpb)", "methods": {}}
+    out = {}
     for label in labels:
         rs = [r for r in evald if r["label"] == label]
         for r in rs:
             if r["seed"] not in base:
                 raise EvidenceError(f"paired statistic for {r['name']}: no baseline run "
                                     f"'{baseline}' with seed {r['seed']} (expected {baseline}-s{r['seed']})")
-        pairs = [(r, base[r["seed"]]) for r in rs]
+        out[label] = [(r, base[r["seed"]]) for r in rs]
+    return domains, base, out
+
+
+def macro_deltas(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None) -> dict:
+    """{label: {seed: paired Δ macro NLL}}: the per-seed values behind ``paired``'s macro row
+    (a bootstrap over seeds resamples these)."""
+    domains, _, by_label = pairs_by_method(runs, baseline, exclude, declared)
+    return {lab: {r["seed"]: macro_nll(r["eval"], domains) - macro_nll(b["eval"], domains) for r, b in pairs}
+            for lab, pairs in by_label.items()}
+
+
+def paired(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None) -> dict:
+    """Per method (≠ baseline): paired Δ NLL and Δ bits/byte per domain and macro, Δ of the
+    arithmetic macro perplexity (secondary), and whether the final weights equal the baseline's.
+
+    ``runs`` are ``toremi.runs.load_run`` records with ``eval``. A method run without a baseline run of
+    the same seed is refused (EvidenceError naming the missing run)."""
+    domains, base, by_label = pairs_by_method(runs, baseline, exclude, declared)
+    out = {"baseline": baseline, "domains": domains, "excluded": sorted(exclude),
+           "unit": "nats/token (nll), bits/byte (bpb)", "methods": {}}
+    for label, pairs in by_label.items():
+        rs = [r for r, _ in pairs]
         d_nll = {d: t_interval([nll(r["eval"], d) - nll(b["eval"], d) for r, b in pairs]) for d in domains}
         d_bpb = {d: t_interval([r["eval"]["domains"][d]["bpb"] - b["eval"]["domains"][d]["bpb"]
                                 for r, b in pairs]) for d in domains}

@@ -183,6 +183,9 @@ class Method:
 
     uses_sampling = False
     reference_run: str | None = None  # set -> the Reweighter feeds reference-model losses
+    # True: weights/probs are a function of the data and the options (not learned), so a resume on
+    # a re-annotated tokens dir keeps the state built on the new data instead of mapping the old
+    rebuilds_on_remap = False
 
     def __init__(self, cfg: MethodConfig, num_topics: int, total_steps: int,
                  topic_counts: Tensor | None = None):
