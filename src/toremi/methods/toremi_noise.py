@@ -31,7 +31,7 @@ flagged at the 5th update and never emphasised (Stage-1 peak 1.00x the mean weig
 3.55x). Character-shuffled text is NOT caught in Stage 1: its per-byte loss really falls (5.2 ->
 3.5 nats/byte in 150 steps, the model learns character frequencies) until it reaches its floor,
 so it looks learnable (peak 3.59x; Stage 2 still ends it at 0.06x). Hence a second signal, from
-the validation hook (``on_val_topics``): with ``stat_unit=token``, a topic whose training loss
+the validation hook (``on_val_topics``, off by default: ``val_gap``): with ``stat_unit=token``, a topic whose training loss
 differs from the loss on its clean held-out text by more than ``val_gap`` (relative) and by more
 than ``val_gap_ratio`` x the median topic's gap is flagged too: its training text does not look like the topic (character shuffle: per-token loss far BELOW
 its clean loss; random tokens: far above). Measured the same way: char shuffle with the per-token
@@ -93,8 +93,12 @@ class NoiseAwareOptions(ToReMiOptions):
     patience: int = 2             # updates above the mean and not learning before the noisy flag
     # gap = |train - val| / val of a topic's per-token loss; above val_gap AND above
     # val_gap_ratio x the median gap of the topics, it flags the topic noisy: its training text
-    # does not look like its clean held-out text (needs stat_unit=token, evals in Stage 1); 0 = off
-    val_gap: float = 0.1
+    # does not look like its validation text (needs stat_unit=token, evals in Stage 1). Off by
+    # default (0): validation is the dev split, carved from the same pool as training, so noise
+    # corrupts both and the gap cannot see it; what it does see is a topic whose few dev source
+    # units differ from its training text (clean `code` flagged at step 816 of the quality grid,
+    # seed 1). Useful only with a clean reference text for the topic.
+    val_gap: float = 0.0
     val_gap_ratio: float = 3.0
     # False = de-emphasis only: no topic is ever up-weighted; a topic flagged noisy is turned down
     # by Stage 2's rule from the update it is flagged, in either stage; every other weight stays 1
