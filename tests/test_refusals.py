@@ -105,7 +105,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("grid, exclude", [("quality_leakfree", []), ("noise_quality", []), ("cap_cpu", []),
-                                           ("noise_quality", ["news"])])
+                                           ("noise_quality", ["news"]), ("cap_quality", [])])
 def test_committed_grids_recompute_from_their_per_run_files(grid, exclude, capsys):
     """The committed results are what the committed per-run files give (no stale table)."""
     path = REPO / "docs" / "results" / grid
@@ -147,3 +147,16 @@ def test_a_finished_run_with_another_config_is_refused_by_the_grid(tiny_tokens, 
                                    "methods": [{"name": "uniform", "train": {"method.name": "uniform"}}]}))
     with pytest.raises(ConfigError, match=r"uniform-s1 finished with other settings than this grid's \(optim\.lr"):
         experiment_main(["--config", str(exp)])
+
+
+def test_signed_rank_p_beside_the_t_test():
+    """Six seeds all better, one of them by 10x the others: the t-interval covers 0, the exact
+    signed-rank p is its minimum 2/2^6; three seeds can never reach 0.05 (2/2^3)."""
+    from toremi.stats import p_value, signed_rank_p, t_interval
+
+    deltas = [-0.005, -0.001, -0.214, -0.023, -0.010, -0.020]
+    assert p_value(deltas) > 0.05 and t_interval(deltas)["ci"] > abs(sum(deltas) / 6)
+    assert signed_rank_p(deltas) == pytest.approx(2 / 2**6)
+    assert signed_rank_p([-1.0, -2.0, -3.0]) == pytest.approx(0.25)
+    assert signed_rank_p([1.0, -1.5, 2.0, -2.5, 0.5, 3.0]) > 0.5
+    assert signed_rank_p([0.1]) is None and t_interval(deltas)["p_rank"] == signed_rank_p(deltas)
