@@ -42,12 +42,13 @@ class RunLogger(Callback):
     other than 0 (``enabled=False``) it writes only the per-rank weight hashes of a DDP run."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled, self.started = enabled, False  # not started (no run): records go nowhere
         self.pbar = self.tb = self.wandb = None
         self.final_epochs: dict | None = None
 
     def on_train_start(self, t) -> None:
         cfg, run = t.cfg, t.run_dir
+        self.started = True
         self.run_dir, self.d, self.tokens_per_step, self.topic_names = run, t.d, t.tokens_per_step, t.topic_names
         self.metrics_path, self.weights_path = layout.run_metrics(run), layout.run_weights(run)
         self.last_time, self.last_step, self.start = time.perf_counter(), t.step, time.perf_counter()
@@ -98,6 +99,8 @@ class RunLogger(Callback):
     # -- records --------------------------------------------------------------------------------
     def on_log(self, t, record: dict) -> None:
         """Write one metrics record (rank 0), adding throughput and elapsed time."""
+        if not self.started:
+            return
         record = {k: v for k, v in record.items() if not k.startswith("_")}
         step = record["step"]
         now = time.perf_counter()
@@ -115,6 +118,8 @@ class RunLogger(Callback):
         self._external(rec, step)
 
     def on_update(self, t, record: dict) -> None:
+        if not self.started:
+            return
         if self.d.enabled:  # the record's weights/probs are the method's float64 values, exactly
             w = torch.tensor(record["weights"], dtype=torch.float64)
             p = None if record["probs"] is None else torch.tensor(record["probs"], dtype=torch.float64)
@@ -126,7 +131,7 @@ class RunLogger(Callback):
                     self.tb.add_scalar(f"weight/{name}", v, record["step"])
 
     def on_eval(self, t, record: dict) -> None:
-        if self.enabled:
+        if self.enabled and self.started:
             append_jsonl(self.metrics_path, record)
             self.info(f"step {record['step']}: val loss {record['val_loss']:.4f} ppl {record['val_ppl']:.2f}")
             self._external(record, record["step"])
@@ -145,7 +150,7 @@ class RunLogger(Callback):
 
     def close(self, t) -> None:
         """Final status in run.json (also after an exception: status from ``t.stop_reason``)."""
-        if not self.enabled or not hasattr(self, "run_dir"):
+        if not self.enabled or not self.started:
             return
         if self.pbar:
             self.pbar.close()
