@@ -21,8 +21,9 @@ callback with ``t.emit``:
 
 Stateful callbacks set ``state_key`` and implement ``state_dict``/``load_state_dict``; the trainer
 saves them in train_state.pt under that key (``WeightUpdate``: "reweighter"). Hooks run in list
-order (``Trainer.callbacks``); the defaults keep the order of the loop before callbacks, so logs,
-weights and checkpoints are bit-identical to it.
+order (``Trainer.callbacks``): RunLogger, WeightUpdate, LogWindow, Evaluate, StopPolicy, the
+user's, Checkpoint (last, so a checkpoint holds every callback's state after the step). This is
+the order of the loop before callbacks, so logs, weights and checkpoints are bit-identical to it.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def dev_split(tokens_dir) -> TokenDataset | None:
 class Trainer:
     """Data, model, optimizer and step engine, with the callbacks that run around each step.
 
-    ``callbacks``: extra ``Callback`` objects, run after the defaults (toremi.train.callbacks)."""
+    ``callbacks``: extra ``Callback`` objects (toremi.train.callbacks), run after the default ones
+    and before ``Checkpoint``, so their state and stop requests are in the step's checkpoint."""
 
     def __init__(self, cfg: TrainConfig, d: Dist, callbacks: list[Callback] | None = None):
         self.cfg, self.d = cfg, d
@@ -102,8 +103,9 @@ class Trainer:
                                  self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"),
                                  attention=cfg.model.attention, stat_per=cfg.stat_per)
         self.log = RunLogger(enabled=d.is_main)
+        # Checkpoint last: it saves after every other callback has seen the step (and may stop it)
         self.callbacks: list[Callback] = [self.log, WeightUpdate(self.rw), LogWindow(), Evaluate(self.val),
-                                          StopPolicy(), Checkpoint(), *(callbacks or [])]
+                                          StopPolicy(), *(callbacks or []), Checkpoint()]
         self.resumed_from = self._maybe_resume()
         self.set_sampling()
 
