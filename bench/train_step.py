@@ -172,8 +172,9 @@ def machinery_ms(engine: StepEngine, batch: Batch, reps: int = 100) -> tuple[flo
         loss = (s * l).sum() / s.sum().clamp(min=1e-12)
         valid = (n > 0) & torch.isfinite(l)
         rules.accumulate_topic_stats(engine.stat_loss, engine.stat_count, l, batch.topic_ids, valid)
-        rules.accumulate_topic_stats(engine.log_tloss, engine.log_tcount, l, batch.topic_ids, valid)
-        engine.log_sums[0] += (l.detach().double() * n * valid).sum()
+        win = engine.window
+        rules.accumulate_topic_stats(win.topics["loss"], win.topics["count"], l, batch.topic_ids, valid)
+        win.sums.token_loss += (l.detach().double() * n * valid).sum()
         return loss
 
     def authors():
@@ -358,7 +359,8 @@ def main(argv=None) -> int:
             loss = (s * ce).sum() / s.sum()
             sl, sn = segments.segment_stats(ce, bt.seg_ids, s_n)
             segments.accumulate(e.stat_loss, e.stat_count, sl, sn, bt.seg_topics, bt.seg_bytes)
-            segments.accumulate(e.log_tloss, e.log_tcount, sl, sn, bt.seg_topics, bt.seg_bytes)
+            segments.accumulate(e.window.topics["loss"], e.window.topics["count"], sl, sn, bt.seg_topics,
+                                bt.seg_bytes)
             return loss
         for _ in range(5):
             packed_ours()

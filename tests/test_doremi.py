@@ -158,7 +158,7 @@ def test_excess_loss_is_clipped_at_zero_per_packed_segment(tiny_tokens, ref_run)
             ref_ce = segments.token_ce(rw.ref_model(b.input_ids), b.labels)
         d = torch.tensor([_delta(int(t), j) for j, t in enumerate(seg_topic)])  # per token of piece j
         ce = torch.where(b.seg_ids >= 0, ref_ce + d[b.seg_ids.clamp(min=0)], 0.0)
-        _, seg_n, _, _ = rw.observe_packed([ce], [b], torch.ones(S, dtype=torch.bool), stat_per)
+        seg_n = rw.observe_packed([ce], [b], torch.ones(S, dtype=torch.bool), stat_per).tokens
         want = torch.zeros(ds.num_topics, dtype=torch.float64)
         for j in range(S):
             if seg_n[j] > 0:

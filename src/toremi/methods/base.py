@@ -14,8 +14,11 @@ every method shares (interval, loss normalisation, unlabelled weight, statistic 
 A method is a small stateful object. Once per update interval the ``Reweighter`` hands it per-topic
 statistics already summed over ranks and micro-batches (``loss_sum`` [K], ``count`` [K], float64);
 the method updates ``topic_weights`` (loss multipliers, [K]) and/or ``sampling_probs`` ([K] or
-None). Optional hooks: per-topic validation loss (``on_val_topics``) and per-topic losses of a
-frozen reference model (``reference_run`` set -> ``self.stats["ref_loss"]``/``["excess"]``).
+None). Optional hooks: per-topic validation loss (``on_val_topics``), per-topic losses of a
+frozen reference model (``reference_run`` set -> ``self.stats["ref_loss"]``/``["excess"]``), and
+statistics of its own (``statistics``: name -> per-unit values of a step's ``Observation``,
+toremi.train.objective), summed per topic on the device and handed over as ``self.stats[name]``.
+A method that needs a new per-topic statistic is therefore one file (plus its test).
 """
 
 from __future__ import annotations
@@ -186,6 +189,9 @@ class Method:
     # True: weights/probs are a function of the data and the options (not learned), so a resume on
     # a re-annotated tokens dir keeps the state built on the new data instead of mapping the old
     rebuilds_on_remap = False
+    # name -> fn(obs) giving one value per unit (sample / document piece) of a step's Observation
+    # (toremi.train.objective); summed per topic over the interval, read as self.stats[name]
+    statistics: dict = {}
 
     def __init__(self, cfg: MethodConfig, num_topics: int, total_steps: int,
                  topic_counts: Tensor | None = None):

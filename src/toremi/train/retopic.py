@@ -137,7 +137,8 @@ def _map_state(st: dict, mapping: dict, info: dict, trainer, path: Path) -> dict
                   topic_probs=method["probs"] if trainer.method.uses_sampling else None,
                   topic_tokens=torch.from_numpy(new_seen))
     eng = st["engine"]
-    engine = {k: (torch.zeros_like(getattr(trainer.engine, k)).cpu() if k != "bad" else v) for k, v in eng.items()}
+    now = trainer.engine.state_dict()  # shapes on the new topic set; the log window restarts
+    engine = {k: (torch.zeros_like(now[k]) if k != "bad" else v) for k, v in eng.items()}
     record = {"step": st["step"], "remap": mapping["path"], "coverage": mapping["coverage"],
               "from": {"data_hash": st["data_hash"], "topics": k_old},
               "to": {"data_hash": trainer.ds.data_hash, "topics": k_new},

@@ -37,11 +37,13 @@ from torch import Tensor
 
 from toremi import layout
 from toremi.io import append_jsonl, read_json
-from toremi.methods import MethodConfig, build_method, rules
+from toremi.methods import MethodConfig, build_method
 from toremi.model import per_sample_loss
-from toremi.train import epochs, segments
+from toremi.train import objective, segments
+from toremi.train.objective import Observation, TopicStats
 
 STATE_VERSION = 1
+REFERENCE_STATS = ("ref_loss", "excess")  # a method with a reference_run gets these (DoReMi)
 
 
 class Reweighter:
@@ -66,9 +68,14 @@ class Reweighter:
             self.method.check_data(data_info)  # e.g. replay: same topics and tokenizer as its source
         self.ref_model = self._load_reference(self.method.reference_run, data_info) \
             if self.method.reference_run else None
-        names = ("loss", "count") + (("ref_loss", "excess") if self.ref_model is not None else ()) + ("wtok",)
+        self.extra = dict(self.method.statistics)  # per-topic statistics the method declares
+        clash = set(self.extra) & {"loss", "count", "wtok", *REFERENCE_STATS}
+        if clash:
+            raise ValueError(f"method {method.name!r} declares statistics {sorted(clash)}, names toremi uses")
+        names = ("loss", "count") + (REFERENCE_STATS if self.ref_model is not None else ()) \
+            + tuple(self.extra) + ("wtok",)
         self.weighted_tokens = torch.zeros(self.K, dtype=torch.float64)  # host, through the last update
-        self.stats = {k: torch.zeros(self.K + 1, dtype=torch.float64, device=self.device) for k in names}
+        self.stats = TopicStats(self.K, names, self.device)
         self.push_weights()
 
     # ------------------------------------------------------------------ device state
@@ -94,7 +101,7 @@ class Reweighter:
 
     def to(self, device: torch.device) -> "Reweighter":
         self.device = torch.device(device)
-        self.stats = {k: v.to(self.device) for k, v in self.stats.items()}
+        self.stats.to(self.device)
         if self.ref_model is not None:
             self.ref_model.to(self.device)
         self.push_weights()
@@ -117,25 +124,30 @@ class Reweighter:
     # ------------------------------------------------------------------ per step (no host sync)
     def count_weighted(self, s: Tensor, n: Tensor, topic_ids: Tensor) -> None:
         """Weight-scaled tokens: each sample's s_i x n_i (target tokens) to its topics, on device."""
-        epochs.credit(self.stats["wtok"], s.double() * n.double(), topic_ids)
+        self.stats.credit("wtok", s.double() * n.double(), topic_ids)
 
     def count_weighted_packed(self, s_tok: list[Tensor], batches: list) -> None:
         """Packed: Σ of the per-token weights of each segment to the segment's topics."""
         for s, b in zip(s_tok, batches):
-            epochs.credit(self.stats["wtok"], segments.segment_sums(s, b.seg_ids, b.seg_topics.shape[0]),
-                          b.seg_topics)
+            self.stats.credit("wtok", segments.segment_sums(s, b.seg_ids, b.seg_topics.shape[0]), b.seg_topics)
 
     def sample_weights(self, topic_ids: Tensor) -> Tensor:
         """s_i = mean weight of sample i's topics ([B], float32 on the device)."""
         if topic_ids.device != self.w_dev.device:
             self.to(topic_ids.device)
-        return rules.sample_weights(self.w_dev, topic_ids, self.cfg.unlabelled_weight)
+        return objective.sample_weights(self.w_dev, topic_ids, self.cfg.unlabelled_weight)
 
     def token_weights(self, seg_topics: Tensor, seg_ids: Tensor) -> Tensor:
         """Packed windows: s per target token [B, T] (its document's weight; 0 = no target)."""
         if seg_topics.device != self.w_dev.device:
             self.to(seg_topics.device)
-        return segments.token_weights(self.w_dev, seg_topics, seg_ids, self.cfg.unlabelled_weight)
+        return objective.token_weights(self.w_dev, seg_topics, seg_ids, self.cfg.unlabelled_weight)
+
+    def batch_weights(self, b) -> Tensor:
+        """s of one toremi ``Batch``: per sample [B] (0 without targets), per target token if packed."""
+        if b.seg_ids is not None:
+            return self.token_weights(b.seg_topics, b.seg_ids)
+        return self.sample_weights(b.topic_ids) * (b.labels != -100).any(1)
 
     def statistic(self, l: Tensor, n: Tensor, target_bytes: Tensor | None = None) -> Tensor:
         """Per-sample loss the method sees: per target token, or per target byte (stat_unit)."""
@@ -145,13 +157,22 @@ class Reweighter:
             raise ValueError("method.stat_unit=byte needs target_bytes in batches (re-run prepare)")
         return l * n / target_bytes.to(l.dtype).clamp(min=1)
 
+    def _record(self, obs: Observation) -> Observation:
+        """Add an observation to the interval's statistics: loss/count and the method's own."""
+        self.stats.add(obs)
+        if self.extra:
+            valid = obs.unit_valid()
+            for name, fn in self.extra.items():
+                self.stats.add_values(name, fn(obs), obs.topics, valid)
+        return obs
+
     def observe(self, l: Tensor, n: Tensor, valid: Tensor, topic_ids: Tensor,
                 target_bytes: Tensor | None = None, input_ids: Tensor | None = None,
-                labels: Tensor | None = None) -> Tensor:
+                labels: Tensor | None = None) -> Observation:
         """Add per-sample losses ``l`` [B] (``n`` target tokens each; ``valid`` masks samples that
-        must not count) to their topics; returns the statistic used (token or byte unit)."""
-        l_stat = self.statistic(l.detach(), n, target_bytes)
-        rules.accumulate_topic_stats(self.stats["loss"], self.stats["count"], l_stat, topic_ids, valid)
+        must not count) to their topics; returns the ``Observation`` (statistic in token or byte unit)."""
+        obs = self._record(Observation(self.statistic(l.detach(), n, target_bytes), n, topic_ids, valid,
+                                       raw=l, stat_unit=self.cfg.stat_unit))
         if self.ref_model is not None:
             if input_ids is None or labels is None:
                 raise ValueError(f"method {self.cfg.name!r} compares with a reference model: pass "
@@ -160,12 +181,11 @@ class Reweighter:
                 r, _ = per_sample_loss(self.ref_model(input_ids), labels)
             r = self.statistic(r.float(), n, target_bytes)
             r = torch.where(valid, r, torch.zeros_like(r))
-            dummy = torch.zeros_like(self.stats["count"])
-            rules.accumulate_topic_stats(self.stats["ref_loss"], dummy, r, topic_ids, valid)
-            rules.accumulate_topic_stats(self.stats["excess"], dummy, (l_stat - r).clamp(min=0), topic_ids, valid)
-        return l_stat
+            self.stats.add_values("ref_loss", r, topic_ids, valid)
+            self.stats.add_values("excess", (obs.loss - r).clamp(min=0), topic_ids, valid)
+        return obs
 
-    def observe_batches(self, l: Tensor, n: Tensor, valid: Tensor, batches: list) -> Tensor:
+    def observe_batches(self, l: Tensor, n: Tensor, valid: Tensor, batches: list) -> Observation:
         """``observe`` for the toremi loader's ``Batch`` list (micro-batches of one step)."""
         cat = lambda name: torch.cat([getattr(b, name) for b in batches])
         tb = cat("target_bytes") if self.cfg.stat_unit == "byte" and all(
@@ -175,17 +195,15 @@ class Reweighter:
                             cat("labels") if ref else None)
 
     def observe_packed(self, ces: list[Tensor], batches: list, valid: Tensor, stat_per: str = "segment",
-                       doc_attention: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                       doc_attention: bool = False) -> Observation:
         """``observe`` for packed micro-batches: per-token losses ``ces`` [B, T] each -> per-segment
-        (loss sum, tokens), added to their documents' topics (``stat_per``, toremi.train.segments).
-        Returns (segment loss sums, segment tokens, segment topics, segment bytes) for logging."""
+        (loss sum, tokens), added to their documents' topics (``stat_per``, toremi.train.segments)."""
         seg_loss, seg_n = (torch.cat(x) for x in zip(*[
             segments.segment_stats(ce, b.seg_ids, b.seg_topics.shape[0]) for ce, b in zip(ces, batches)]))
         topics = torch.cat([b.seg_topics for b in batches])
         nbytes = None if any(b.seg_bytes is None for b in batches) else torch.cat([b.seg_bytes for b in batches])
-        unit = self.cfg.stat_unit
-        segments.accumulate(self.stats["loss"], self.stats["count"], seg_loss, seg_n, topics, nbytes,
-                            unit, stat_per, valid)
+        obs = self._record(Observation(seg_loss, seg_n, topics, valid, packed=True, nbytes=nbytes,
+                                       stat_unit=self.cfg.stat_unit, stat_per=stat_per))
         if self.ref_model is not None:
             ref = []
             with torch.no_grad(), self.amp:
@@ -194,12 +212,12 @@ class Reweighter:
                     ref.append(segments.segment_sums(segments.token_ce(logits, b.labels), b.seg_ids,
                                                      b.seg_topics.shape[0]))
             ref_loss = torch.cat(ref)
-            dummy = torch.zeros_like(self.stats["count"])
             # the excess is clipped per document piece: max(l - l_ref, 0), as per sample unpacked
-            segments.accumulate(self.stats["ref_loss"], dummy, ref_loss, seg_n, topics, nbytes, unit, stat_per, valid)
-            segments.accumulate(self.stats["excess"], dummy.zero_(), (seg_loss - ref_loss).clamp(min=0), seg_n,
-                                topics, nbytes, unit, stat_per, valid)
-        return seg_loss, seg_n, topics, nbytes
+            self.stats.add(Observation(ref_loss, seg_n, topics, valid, True, None, nbytes, obs.stat_unit,
+                                       stat_per), "ref_loss", None)
+            self.stats.add(Observation((seg_loss - ref_loss).clamp(min=0), seg_n, topics, valid, True, None,
+                                       nbytes, obs.stat_unit, stat_per), "excess", None)
+        return obs
 
     def weighted_loss(self, logits_or_losses: Tensor, topic_ids: Tensor, labels: Tensor | None = None,
                       shift: bool = False, input_ids: Tensor | None = None,
@@ -226,8 +244,7 @@ class Reweighter:
             ok = n > 0
         s = self.sample_weights(topic_ids) * ok
         self.observe(l, n, ok & torch.isfinite(l), topic_ids, input_ids=input_ids, labels=labels)
-        norm = s.sum().clamp(min=1e-12) if self.cfg.loss_norm == "weighted_mean" else len(l)
-        return (s * l).sum() / norm
+        return objective.weighted_sum(s, l, objective.inv_norm([s], self.cfg.loss_norm))
 
     def packed_loss(self, logits: Tensor, topic_ids: Tensor, labels: Tensor, shift: bool = False,
                     seg_ids: Tensor | None = None) -> Tensor:
@@ -260,10 +277,9 @@ class Reweighter:
         s = self.token_weights(seg_topics, seg_ids)
         ce = segments.token_ce(logits, labels)
         seg_loss, seg_n = segments.segment_stats(ce, seg_ids, seg_topics.shape[0])
-        segments.accumulate(self.stats["loss"], self.stats["count"], seg_loss, seg_n, seg_topics, None,
-                            self.cfg.stat_unit, self.stat_per)
-        norm = s.sum() if self.cfg.loss_norm == "weighted_mean" else (seg_ids >= 0).sum()
-        return (s * ce).sum() / norm.clamp(min=1e-12)
+        self._record(Observation(seg_loss, seg_n, seg_topics, True, packed=True, stat_unit=self.cfg.stat_unit,
+                                 stat_per=self.stat_per))
+        return objective.weighted_sum(s, ce, objective.inv_norm([s], self.cfg.loss_norm, seg_ids=[seg_ids]))
 
     # ------------------------------------------------------------------ per interval
     def _all_reduce(self, t: Tensor) -> Tensor:
@@ -285,14 +301,13 @@ class Reweighter:
 
     def update(self) -> dict:
         """All-reduce the interval's sums (one collective), update the method, push the weights."""
-        names, k = list(self.stats), self.K
-        flat = self._all_reduce(torch.cat([self.stats[n][:k] for n in names])).cpu()
+        names, k = self.stats.names, self.K
+        flat = self._all_reduce(self.stats.flat(topics_only=True)).cpu()
         parts = dict(zip(names, flat.split(k) if k else [flat] * len(names)))
         self.weighted_tokens += parts.pop("wtok")
         record = self.method.update(self.steps, parts.pop("loss"), parts.pop("count"), **parts)
         self.push_weights()
-        for v in self.stats.values():
-            v.zero_()
+        self.stats.zero_()
         self.records.append(record)
         if self.log_path and (not torch_dist.is_initialized() or torch_dist.get_rank() == 0):
             append_jsonl(self.log_path, record)
@@ -315,7 +330,7 @@ class Reweighter:
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "method": self.method.state_dict(), "steps": self.steps,
-                "stats": {k: v.cpu() for k, v in self.stats.items()},
+                "stats": {k: v.cpu() for k, v in self.stats.t.items()},
                 "weighted_tokens": self.weighted_tokens.clone()}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -326,13 +341,13 @@ class Reweighter:
         elif version != STATE_VERSION:
             raise ValueError(f"reweighter state version {version} is not {STATE_VERSION} (this toremi); "
                              f"resume with the toremi that wrote it or start a new run")
-        missing = sorted(set(self.stats) - set(sd["stats"]) - {"wtok"})  # wtok: newer than some states
+        missing = sorted(set(self.stats.names) - set(sd["stats"]) - {"wtok"})  # wtok: newer than some states
         if missing:
             raise ValueError(f"reweighter state lacks statistics {missing} that method "
                              f"{self.cfg.name!r} needs; it was saved by another method")
         self.method.load_state_dict(sd["method"])
         self.steps = int(sd["steps"])
-        for k in self.stats:
+        for k in self.stats.names:
             if k in sd["stats"]:
                 self.stats[k].copy_(sd["stats"][k].to(self.device))
         self.weighted_tokens = sd.get("weighted_tokens", torch.zeros(self.K, dtype=torch.float64)).clone().double()

@@ -1,16 +1,17 @@
 """The training loop shared by every method, so comparisons use the same data, model and budget.
 
-The step itself (weighted loss, NaN skip; no host sync) is in ``step.py``; all reweighting (the
-method, its device statistics and weights, the interval all-reduce) is in the ``Reweighter`` the
-engine holds. Every ``method.interval`` steps the Reweighter updates identically on every rank and
-the trainer passes new sampling probabilities to the loader. Logging, evaluation and checkpoints
-are the only other places that read device values; the logger only writes what it is given.
+``Trainer.run`` reads top-down: batches -> ``StepEngine.train_step`` (weighted loss, statistics,
+NaN skip; no host sync; step.py, objective.py) -> the callbacks' ``on_step_end``
+(toremi.train.callbacks): the method update (``WeightUpdate``, which holds the ``Reweighter``),
+the log window, evaluation, the stop policy, checkpoints, and the logger that writes what they
+emit. The trainer itself only builds the components and saves/resumes their state.
 """
 
 from __future__ import annotations
 
 import math
-import signal
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,15 @@ import torch
 
 from toremi.data.loader import Batch, BatchLoader
 from toremi.data.shards import TokenDataset
+import toremi
 from toremi import layout
 from toremi.config import to_dict
 from toremi.io import atomic_write_text
-from toremi.methods import rules
-from toremi.model import GPT, GPTConfig, per_sample_loss, save_hf
+from toremi.model import GPT, GPTConfig, save_hf
 from toremi.train import checkpoint, epochs, retopic
+from toremi.train.callbacks import Callback, Checkpoint, Evaluate, LogWindow, StopPolicy, WeightUpdate
 from toremi.train.config import TrainConfig
-from toremi.train.distributed import Dist, all_reduce_sum, barrier
+from toremi.train.distributed import Dist, barrier
 from toremi.train.reweighter import Reweighter
 from toremi.train.runlog import RunLogger
 from toremi.train.step import StepEngine
@@ -59,10 +61,13 @@ def dev_split(tokens_dir) -> TokenDataset | None:
 
 
 class Trainer:
-    """Data, model, optimizer, logs and checkpoints around a step engine and its Reweighter."""
+    """Data, model, optimizer and step engine, with the callbacks that run around each step.
 
-    def __init__(self, cfg: TrainConfig, d: Dist):
-        self.cfg, self.d, self.dev = cfg, d, d.device
+    ``callbacks``: extra ``Callback`` objects (toremi.train.callbacks), run after the default ones
+    and before ``Checkpoint``, so their state and stop requests are in the step's checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, d: Dist, callbacks: list[Callback] | None = None):
+        self.cfg, self.d = cfg, d
         if cfg.tokens_dir is None or cfg.out is None:
             raise ValueError("set tokens_dir (--tokens) and out (--out)")
         self.run_dir = Path(cfg.out)
@@ -82,7 +87,7 @@ class Trainer:
                                          dropout=mc.dropout, pad_vocab_to=mc.pad_vocab_to)).to(self.dev)
         o = cfg.optim
         self.opt = self.model.configure_optimizer(o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
+        sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total))
         self.rw = Reweighter(self.K, cfg.method, self.total, self.topic_counts, self.dev, dist=d,
                              data_info={"tokenizer": self.ds.manifest.get("tokenizer"),
                                         "topic_names": self.ds.topic_names})
@@ -95,13 +100,38 @@ class Trainer:
         self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
         self.remaps: list[dict] = []  # resumes on a re-annotated tokens dir (toremi.train.retopic)
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
-        self.engine = StepEngine(self.model, self.opt, self.sched, self.rw, cfg.optim.grad_clip,
+        self.engine = StepEngine(self.model, self.opt, sched, self.rw, cfg.optim.grad_clip,
                                  self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"),
                                  attention=cfg.model.attention, stat_per=cfg.stat_per)
+        self.log = RunLogger(enabled=d.is_main)
+        # Checkpoint last: it saves after every other callback has seen the step (and may stop it)
+        self.callbacks: list[Callback] = [self.log, WeightUpdate(self.rw), LogWindow(), Evaluate(self.val),
+                                          StopPolicy(), *(callbacks or []), Checkpoint()]
         self.resumed_from = self._maybe_resume()
-        self._set_probs()
+        self.set_sampling()
 
-    def _set_probs(self) -> None:
+    @property
+    def dev(self) -> torch.device:
+        return self.d.device
+
+    @property
+    def sched(self):
+        return self.engine.sched
+
+    @property
+    def topic_names(self) -> list[str]:
+        return self.ds.topic_names
+
+    def emit(self, hook: str, *args) -> None:
+        """Call ``hook`` on every callback, in list order."""
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def skipped_steps(self) -> int:
+        return int(self.engine.bad.skipped)
+
+    def set_sampling(self) -> None:
+        """The method's sampling probabilities to the loader (sampling methods on labelled data)."""
         if self.method.uses_sampling and self.labelled:
             self.loader.set_topic_probs(self.method.sampling_probs)
 
@@ -126,88 +156,72 @@ class Trainer:
     def next_batches(self) -> list[Batch]:
         return [self.loader.next_batch().to(self.dev) for _ in range(self.cfg.accum)]
 
-    # ------------------------------------------------------------------ interval work
-    def update_method(self, log: RunLogger) -> None:
-        """Interval end: the Reweighter all-reduces and updates; new probabilities to the loader."""
-        record = self.rw.step(self.step)
-        if record is None:
-            return
-        record["tokens"] = self.step * self.tokens_per_step
-        record.update(self.epoch_record())
-        log.weights(record, self.method.topic_weights, self.method.sampling_probs)
-        self._set_probs()
+    def describe(self) -> dict:
+        """run.json's opening record: versions, data, method, model and loop settings."""
+        from importlib.metadata import PackageNotFoundError, version
 
-    def window_metrics(self) -> dict:
-        """Read and restart the engine's log-window sums (all ranks): the logger's plain record."""
-        e, k1 = self.engine, self.K + 1
-        sums = all_reduce_sum(torch.cat([e.log_sums, e.log_tloss, e.log_tcount]), self.d).cpu()
-        bad = e.bad.cpu().tolist()
-        for acc in (e.log_sums, e.log_tloss, e.log_tcount):
-            acc.zero_()
-        e.bad[2] = 0
-        tok_loss, toks, wloss, nsteps = sums[:4].tolist()
-        nsteps /= self.d.world_size  # every rank counted the same steps
-        tl, tc = sums[4:4 + self.K], sums[4 + k1:4 + k1 + self.K]
-        return {"step": self.step, "tokens": self.step * self.tokens_per_step,
-                "loss": tok_loss / toks if toks else None,
-                "weighted_loss": wloss / nsteps if nsteps else None,
-                "lr": self.sched.get_last_lr()[0], "skipped_steps": int(bad[0]),
-                "topic_loss": [float(a / b) if b > 0 else None for a, b in zip(tl.tolist(), tc.tolist())],
-                "_bad_run_max": bad[2]}
+        try:  # the version only: importing transformers would cost seconds
+            tf_version = version("transformers")
+        except PackageNotFoundError:
+            tf_version = None
+        m, cfg = self.ds.manifest, self.cfg
+        return {"toremi": toremi.__version__, "python": platform.python_version(),
+                "torch": torch.__version__, "transformers": tf_version,
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "status": "running", "tokens_dir": str(cfg.tokens_dir), "data_hash": self.ds.data_hash,
+                "tokenizer": m.get("tokenizer"), "seq_len": self.T, "topic_names": self.ds.topic_names,
+                "domain_names": self.ds.domain_names, "labelled": self.labelled,
+                "method": cfg.method.name, "method_options": cfg.method.options(),
+                "model": {"size": cfg.model.size, "params": self.model.num_params(),
+                          "config": to_dict(self.model.config)},
+                "device": str(self.dev), "world_size": self.d.world_size, "total_steps": self.total,
+                "tokens_per_step": self.tokens_per_step, "max_repetition": cfg.max_repetition,
+                "topic_tokens_available": self.loader.topic_available[:self.K].tolist(),
+                "compile": self.engine.fwd is not self.engine._fwd, "fused_adamw": self.engine.fused,
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None, "remaps": self.remaps}
 
-    @torch.no_grad()
-    def evaluate(self) -> dict | None:
-        """Token-weighted mean loss over (an evenly spaced capped subset of) the val split, overall
-        and per topic; the per-topic losses go to the method's validation hook."""
-        if self.val is None or len(self.val) == 0:
-            return None
-        self.model.eval()
-        bs, n = self.cfg.batch_size, len(self.val)
-        # evenly spaced over the split (which is ordered by domain), so a cap keeps every topic
-        rows = np.unique(np.linspace(0, n - 1, min(n, bs * self.cfg.eval_batches)).astype(np.int64))
-        starts = list(range(0, len(rows), bs))
-        sums = torch.zeros(2 * (self.K + 1) + 2, dtype=torch.float64, device=self.dev)
-        for j in starts[self.d.rank::self.d.world_size]:
-            b = Batch(**self.val.gather(rows[j:j + bs])).to(self.dev)
-            with self.engine.amp:
-                logits = self.model(b.input_ids)
-            l, cnt = per_sample_loss(logits, b.labels)
-            k1, dummy = self.K + 1, sums.new_zeros(self.K + 1)
-            rules.accumulate_topic_stats(sums[:k1], dummy, l.double() * cnt, b.topic_ids)
-            rules.accumulate_topic_stats(sums[k1:2 * k1], dummy, cnt.double(), b.topic_ids)
-            sums[2 * k1] += (l.double() * cnt).sum()
-            sums[2 * k1 + 1] += cnt.sum()
-        self.model.train()
-        sums = all_reduce_sum(sums, self.d).cpu()
-        k1 = self.K + 1
-        loss = float(sums[2 * k1] / sums[2 * k1 + 1].clamp(min=1))
-        tl, tc = sums[:self.K], sums[k1:k1 + self.K]
-        topic = [float(a / b) if b > 0 else None for a, b in zip(tl.tolist(), tc.tolist())]
-        self.rw.on_eval(loss, topic, self.step)  # the method's validation hook
-        return {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_loss": loss,
-                "val_ppl": math.exp(min(loss, 50)), "val_tokens": int(sums[2 * k1 + 1]),
-                "val_topic_loss": topic}
+    def warnings(self) -> list[str]:
+        """Settings that make the run differ from what its method name suggests."""
+        out, cfg = [], self.cfg
+        if not self.labelled:
+            out.append(f"{cfg.tokens_dir} has no topic labels (prepare it with topic attributes): "
+                       f"training with every sample weighing {cfg.method.unlabelled_weight}, "
+                       f"which makes '{cfg.method.name}' behave like uniform")
+        unl = int((self.ds.topics < 0).all(1).sum()) if self.K else len(self.ds)
+        if self.labelled and unl and cfg.method.unlabelled_weight == 0:
+            out.append(f"{unl} unlabelled sequences get weight 0 and drop out of training "
+                       f"(method.unlabelled_weight=0)")
+        return out
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
-        e = self.engine
+        """train_state.pt: the loop's counters, optimizer, loader, engine and stateful callbacks."""
+        stateful = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key}
         return {"state_version": STATE_VERSION, "step": self.step, "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "reweighter": self.rw.state_dict(),
-                "loader": self.loader.state_dict(),
-                "engine": {"bad": e.bad.cpu(), **{k: getattr(e, k).cpu() for k in e.ACCUMULATORS}},
+                "scheduler": self.sched.state_dict(), **stateful,
+                "loader": self.loader.state_dict(), "engine": self.engine.state_dict(),
                 "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
                 "world_size": self.d.world_size, "total_steps": self.total,
                 "method_options": self.cfg.method.options(), "model_size": self.cfg.model.size,
                 "config": to_dict(self.cfg), "config_changes": self.config_changes, "remaps": self.remaps}
 
-    def save(self, log: RunLogger | None = None) -> Path | None:
+    def save(self) -> Path | None:
         path = None
         if self.d.is_main:
             path = checkpoint.save(self.run_dir, self.step, self.model, self.state(), self.cfg.keep_checkpoints)
-            if log:
-                log.info(f"checkpoint {path}")
+            self.log.info(f"checkpoint {path}")
         barrier(self.d)
         return path
+
+    def export(self) -> None:
+        """The final model in HF format (and the tokenizer) under ``final/``."""
+        if self.d.is_main:
+            final = layout.run_final(self.run_dir)
+            save_hf(self.model, final, eot_id=self.ds.eot_id)
+            tok = layout.tokens_tokenizer(self.cfg.tokens_dir)
+            if tok.exists():
+                atomic_write_text(final / "tokenizer.json", tok.read_text())
+        barrier(self.d)
 
     def _maybe_resume(self) -> Path | None:
         path = checkpoint.latest(self.run_dir)
@@ -240,10 +254,11 @@ class Trainer:
         self.model.load_state_dict(model.state_dict())
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
-        self.rw.load_state_dict(st["reweighter"])  # a mid-interval checkpoint keeps partial stats
+        for cb in self.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(st[cb.state_key])
         self.loader.load_state_dict(st["loader"])
-        for k in ("bad", *self.engine.ACCUMULATORS):
-            getattr(self.engine, k).copy_(st["engine"][k].to(self.dev))
+        self.engine.load_state_dict(st["engine"])
         self.step = st["step"]
         checkpoint.set_rng_state(st["rng"])
         checkpoint.apply_optim(self.opt, self.sched, self.cfg.optim)  # changed optim settings apply
@@ -256,75 +271,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
-        d = self.d
-        log = RunLogger(self, enabled=d.is_main)
-        stop = {"signal": None}
-        handlers = {}
-
-        def on_signal(signum, _frame):
-            stop["signal"] = signal.Signals(signum).name
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                handlers[sig] = signal.signal(sig, on_signal)
-            except ValueError:  # not the main thread
-                pass
-        final = None
+        """Train to ``total`` steps or until a callback sets ``stop_reason``; returns the run dir."""
         try:
-            self._loop(log, stop)
-            final = self.epoch_record(final=True)
+            self.emit("on_train_start")
+            while self.step < self.total and not self.stop_reason:
+                self.engine.train_step(self.next_batches())
+                self.step += 1
+                self.emit("on_step_end")
+            self.emit("on_train_end")
         finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
-            log.close(self.stop_reason, final)
+            self.emit("close")
         return self.run_dir
-
-    def _loop(self, log: RunLogger, stop: dict) -> None:
-        c, d = self.cfg, self.d
-        if self.step >= self.total:
-            log.info(f"already trained {self.step} steps")
-        while self.step < self.total:
-            batches = self.next_batches()
-            self.engine.train_step(batches)
-            self.step += 1
-            self.update_method(log)
-            last = self.step == self.total
-            if self.step % c.log_every == 0 or last:
-                rec = self.window_metrics()
-                run_max = rec.pop("_bad_run_max")
-                log.metrics(rec)
-                if run_max >= c.max_bad_steps:
-                    self.stop_reason = (f"stopped: {int(run_max)} non-finite steps in a row "
-                                        f"({rec['skipped_steps']} skipped in total); lower optim.lr or check the data")
-                    self.engine.bad[1:] = 0
-            if (c.eval_every and self.step % c.eval_every == 0) or last:
-                ev = self.evaluate()
-                if ev:
-                    log.eval(ev)
-            sig = stop["signal"]
-            if d.enabled and (self.step % c.log_every == 0 or last):  # ranks must agree on stopping
-                flag = all_reduce_sum(torch.tensor([1.0 if sig else 0.0], device=self.dev), d)
-                sig = sig or ("SIGTERM" if float(flag) > 0 else None)
-            elif d.enabled:
-                sig = None
-            if sig and not self.stop_reason and not last:
-                self.stop_reason = f"interrupted by {sig}"
-            if c.stop_at_step and self.step == c.stop_at_step and not last:
-                self.stop_reason = self.stop_reason or f"stopped at step {self.step} (stop_at_step)"
-            if self.stop_reason:
-                self.save(log)
-                log.info(f"{self.stop_reason}; checkpoint written, rerun the same command to resume")
-                return
-            if c.ckpt_every and self.step % c.ckpt_every == 0 and not last:
-                self.save(log)
-        self.save(log)
-        if d.is_main:
-            final = layout.run_final(self.run_dir)
-            save_hf(self.model, final, eot_id=self.ds.eot_id)
-            tok = layout.tokens_tokenizer(c.tokens_dir)
-            if tok.exists():
-                atomic_write_text(final / "tokenizer.json", tok.read_text())
-        barrier(d)
 
 
 def upgrade_state(st: dict, path: Path) -> dict:
