@@ -68,7 +68,12 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a stage; a reader that closes stdout early (``| head``) ends it quietly."""
     try:
-        rc = _dispatch(argv)
+        try:
+            rc = _dispatch(argv)
+        except SystemExit as exc:  # argparse's --help or usage error: flushed below like any output
+            if not isinstance(exc.code, (int, type(None))):
+                raise
+            rc = exc.code or 0
         sys.stdout.flush()  # inside the try: a failed flush at interpreter exit would print a warning
         return rc
     except BrokenPipeError:

@@ -107,6 +107,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key(s) {[prefix + u for u in unknown]}; "
             f"valid keys here: {sorted(prefix + n for n in names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        hint = f" (--{missing[0].replace('_', '-')} VALUE or {missing[0]}=VALUE)" if not prefix else ""
+        raise ConfigError(f"missing required key(s) {[prefix + m for m in missing]}{hint}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)

@@ -14,7 +14,7 @@ Writes ``<out>/results.json``, ``<out>/results.md`` and (``report: true``) ``<ou
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ import yaml
 from toremi import layout
 from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
+from toremi.stage import Stage
 
 BUDGET_KEYS = ("steps", "tokens", "batch_size", "accum", "tokens_dir", "out", "seed")
 
@@ -278,18 +279,19 @@ def stale_eval(run_dir: Path, ecfg) -> str | None:
     return f"eval settings changed: {', '.join(keys)}" if keys else None
 
 
+STAGE = Stage("experiment", ExperimentConfig, lock=lambda cfg: cfg.out, doc=__doc__, config_required=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="toremi experiment", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="experiment YAML (see configs/quality.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. seeds=[1] out=runs/x")
-    args = ap.parse_args(argv)
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)  # every section, before any work
+    return STAGE.run(argv, _experiment)  # every section validated before any work
+
+
+def _experiment(cfg: ExperimentConfig) -> int:
     from toremi import stats
 
     try:
         run_experiment(cfg)
     except (FileNotFoundError, RuntimeError, stats.EvidenceError) as exc:
-        print(f"toremi experiment: {exc}")
+        print(f"toremi experiment: {exc}", file=sys.stderr)
         return 2
     return 0

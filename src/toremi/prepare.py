@@ -21,7 +21,6 @@ across modes.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -40,11 +39,12 @@ import pyarrow.parquet as pq
 from toremi import integrity, layout, progress
 from toremi import prepare_merge as merge
 from toremi.corpus.documents import iter_shards
-from toremi.config import flags_to_overrides, load_config, save_config
+from toremi.config import save_config
 from toremi.data import packing as packmod
 from toremi.data.shards import token_dtype, write_shard
 from toremi.io import atomic_path, read_json, sha256_file
 from toremi.ray_cluster import EngineConfig, as_engine
+from toremi.stage import Stage
 from toremi.tokenizer import Tokenizer, check_spec, from_file, load_tokenizer
 
 
@@ -349,18 +349,14 @@ def _finalize(cfg, tok, stats, domains, topics, seconds) -> Path:
     return cfg.out
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="toremi prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with PrepareConfig fields")
-    parser.add_argument("--corpus", help="corpus dir (from `toremi corpus build`)")
-    parser.add_argument("--out", help="output tokens dir")
-    parser.add_argument("--tokenizer", help="gpt2 | bpe:<vocab> | path to tokenizer.json")
-    parser.add_argument("--seq-len", type=int)
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    overrides = flags_to_overrides(args, ("corpus", "out", "tokenizer", "seq_len"))
-    cfg = load_config(PrepareConfig, args.config, overrides)
+STAGE = Stage("prepare", PrepareConfig, lock=lambda cfg: cfg.out, doc=__doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.run(argv, _prepare)
+
+
+def _prepare(cfg: PrepareConfig) -> int:
     out = prepare(cfg)
     m = read_json(layout.tokens_manifest(out))
     print(json.dumps({"out": str(out), "tokenizer": m["tokenizer"], "sequences": m["sequences"],
