@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from toremi import layout
 from toremi.experiment import ExperimentConfig
 from toremi.stage import Stage
 
@@ -64,7 +65,7 @@ def _demo(cfg) -> int:
     print(f"\ntoremi demo: finished in {minutes:.1f} min\n")
     print(result["headline"].replace("**", ""))
     print()
-    print(f"  headline table : {out / 'results.md'}")
-    print(f"  report         : {(out / 'report' / 'report.html').resolve()}")
+    print(f"  headline table : {layout.experiment_file(out, 'results.md')}")
+    print(f"  report         : {layout.report_file(layout.experiment_report(out), 'report.html').resolve()}")
     print(f"  runs           : {', '.join(r['dir'] for r in result['runs'])}")
     return 0

@@ -141,7 +141,7 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
 
         if tokens is None:
             raise ConfigError("pipeline.noise needs prepared tokens (pipeline.prepare or tokens:)")
-        ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(Path(cfg.out) / "tokens-noisy"),
+        ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(layout.experiment_noisy_tokens(cfg.out)),
                                        **p.noise}, "pipeline.noise.")
         done = layout.noise_record(ncfg.out)
         same = ("topic", "kind", "fraction", "seed")
@@ -188,7 +188,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(layout.experiment_file(out, "experiment.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
     corpus, tokens = run_pipeline(cfg, log)
     if tokens is None:
         raise ConfigError("no training data: set `tokens:` or a pipeline.prepare section")
@@ -231,11 +231,11 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     result, md = tabulate(runs, cfg.name, cfg.baseline, tokens, uni, (), declared_keys(to_dict(cfg)),
                           cfg.noise_topic)
     result.update(tokens=str(tokens), corpus=str(corpus) if corpus else None, config=to_dict(cfg))
-    atomic_write_json(out / "results.json", result)
-    atomic_write_text(out / "results.md", md)
+    atomic_write_json(layout.experiment_file(out, "results.json"), result)
+    atomic_write_text(layout.experiment_file(out, "results.md"), md)
     print(md)
     if cfg.report:
-        path = report([Path(e["dir"]) for e in entries], out / "report", f"toremi experiment {cfg.name}",
+        path = report([Path(e["dir"]) for e in entries], layout.experiment_report(out), f"toremi experiment {cfg.name}",
                       {e["dir"]: e["label"] for e in entries}, cfg.noise_topic, cfg.baseline)
         log(f"experiment: report {path}")
     return result

@@ -156,7 +156,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
     info = {"level": "corpus", **to_dict(cfg), "topic_id": tid, "candidates": len(candidates),
             "corrupted": sum(counts.values()), "per_domain": counts}
     write_corpus_manifest(src, out, hashes, {"noise": info})  # shard markers too
-    (out / "noise_ids.txt").write_text("".join(f"{d}\n" for d in sorted(chosen)))
+    layout.noise_ids(out).write_text("".join(f"{d}\n" for d in sorted(chosen)))
     atomic_write_json(layout.noise_record(out), info)
     log(f"noise: corrupted {info['corrupted']} of {len(candidates)} {cfg.topic} documents "
         f"({cfg.kind}) -> {out}" + ("" if tid_given else "; next: `toremi prepare` on it"))
@@ -233,10 +233,10 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
                 docs.append(z["doc"][(z["topics"] == tid).any(1)])
     docs = np.unique(np.concatenate(docs))
     ids = pq.read_table(layout.tokens_documents(src)).column("id").to_pylist()
-    ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(out / "corpus"),
+    ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(layout.noise_corpus(out)),
                    annotations=str(pcfg.annotations) if pcfg.annotations else None)
     info = noisy_corpus(ncfg, log, candidates=[ids[d] for d in docs], tid=tid)
-    prepare(replace(pcfg, corpus=out / "corpus", out=out, annotations=None,
+    prepare(replace(pcfg, corpus=layout.noise_corpus(out), out=out, annotations=None,
                     tokenizer=str(layout.tokens_tokenizer(src))))
     info = {**info, "level": "corpus+prepare", "tokens": str(src)}
     write_derived_manifest(read_json(layout.tokens_manifest(out)), out, info)

@@ -131,10 +131,10 @@ def macro_nll(ev: dict, domains: list[str]) -> float:
 
 def weights_digest(run_dir: str | Path) -> str | None:
     """sha256 of the final weights file (the negative control must match the baseline's)."""
-    f = layout.run_final(run_dir) / "model.safetensors"
+    f = layout.run_final_weights(run_dir)
     if f.exists():
         return hashlib.sha256(f.read_bytes()).hexdigest()
-    saved = Path(run_dir) / "final.sha256"  # a committed copy of the run keeps only the digest
+    saved = layout.run_final_digest(run_dir)  # a committed copy of the run keeps only the digest
     return saved.read_text().strip() if saved.exists() else None
 
 

@@ -46,9 +46,9 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
     reg = stats.regime(runs, baseline, tokens)
     lead_md = stats.headline(pair, reg) + "\n\n" + (stats.paired_markdown(pair) if pair else "")
     figs = figures(runs, summary, out, noisy, pair, (reg.get("unigram") or {}).get("val_ce"))
-    atomic_write_text(out / "report.md", f"# {title}\n\n{lead_md}\n" + markdown(summary))
-    atomic_write_text(out / "report.html", render(runs, summary, figs, out, title, noisy, lead_md))
-    return out / "report.html"
+    atomic_write_text(layout.report_file(out, "report.md"), f"# {title}\n\n{lead_md}\n" + markdown(summary))
+    atomic_write_text(layout.report_file(out, "report.html"), render(runs, summary, figs, out, title, noisy, lead_md))
+    return layout.report_file(out, "report.html")
 
 
 @dataclass

@@ -45,7 +45,7 @@ class RunLogger:
         self.last_time, self.last_step, self.start = time.perf_counter(), trainer.step, time.perf_counter()
         self.pbar = self.tb = self.wandb = None
         if trainer.d.enabled:  # every rank logs a hash of its weights at each update
-            self.rank_path = run / "ranks" / f"rank-{trainer.d.rank}.jsonl"
+            self.rank_path = layout.run_rank_log(run, trainer.d.rank)
             if trainer.resumed_from:
                 truncate_jsonl(self.rank_path, trainer.step)
             else:
@@ -71,7 +71,7 @@ class RunLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise RuntimeError("tensorboard=true needs TensorBoard: pip install 'toremi[tb]'") from None
-            self.tb = SummaryWriter(str(run / "tb"))
+            self.tb = SummaryWriter(str(layout.run_tensorboard(run)))
         if cfg.wandb:
             try:
                 import wandb
