@@ -223,7 +223,7 @@ def _prepare_shard(encoded, shard: Path, split: str, tok: Tokenizer, cfg: Prepar
 
 def _resolve_tokenizer(cfg: PrepareConfig) -> Tokenizer:
     saved = layout.tokens_tokenizer(cfg.out)
-    spec_file = cfg.out / "tokenizer.spec"
+    spec_file = layout.tokens_tokenizer_spec(cfg.out)
     if saved.exists() and spec_file.exists() and spec_file.read_text() == cfg.tokenizer:
         tok = from_file(saved, name=cfg.tokenizer.replace(":", ""))
         return tok
@@ -274,7 +274,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         from toremi.prepare_ray import prepare_ray
 
         return prepare_ray(cfg)
-    save_config(cfg, cfg.out / "prepare.yaml")
+    save_config(cfg, layout.tokens_config(cfg.out))
     tok = _resolve_tokenizer(cfg)
     train_shards = document_shards(cfg.corpus, "train")
     domains = corpus_domains(cfg.corpus, train_shards)
@@ -288,7 +288,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     token_bytes = tok.token_byte_lengths()
     jobs = split_jobs(cfg, train_shards)
     stats: list[dict] = []
-    out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
+    out_bins = [layout.tokens_shard(cfg.out, split, k) for k, (split, _, _) in enumerate(jobs)]
     inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, INDEX_VERSION)
     finished = merge.plan(cfg, jobs, out_bins, inputs)
     todo = [k for k in range(len(jobs)) if k not in finished]

@@ -67,7 +67,7 @@ def prepare_ray(cfg: P.PrepareConfig) -> Path:
     t0 = time.time()
     ray = connect(cfg.engine)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.out / "prepare.yaml")
+    save_config(cfg, layout.tokens_config(cfg.out))
     tok = P._resolve_tokenizer(cfg)
     train_shards = P.document_shards(cfg.corpus, "train")
     domains = P.corpus_domains(cfg.corpus, train_shards)
@@ -78,7 +78,7 @@ def prepare_ray(cfg: P.PrepareConfig) -> Path:
         for shard in train_shards:
             topics.for_shard("documents", shard, pq.read_table(shard, columns=["label", "domain"]))
     jobs = P.split_jobs(cfg, train_shards)
-    out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
+    out_bins = [layout.tokens_shard(cfg.out, split, k) for k, (split, _, _) in enumerate(jobs)]
     inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, P.INDEX_VERSION)
     finished = merge.plan(cfg, jobs, out_bins, inputs)
     stats: list[dict | None] = [None] * len(jobs)
