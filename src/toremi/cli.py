@@ -26,7 +26,7 @@ STAGES = {
     "experiment": ("toremi.experiment", "grid of methods x seeds, evaluated and tabulated"),
     "remap": ("toremi.remap", "carry per-topic weights of a run over to a new topic set"),
     "noise": ("toremi.noise", "corrupt one topic of the training data (noise experiment)"),
-    "report": ("toremi.report", "HTML report and PNG plots from runs and evaluations"),
+    "report": ("toremi.report.cli", "HTML report and PNG plots from runs and evaluations"),
     "demo": ("toremi.demo", "the whole pipeline on a small slice of the shipped corpus"),
 }
 
