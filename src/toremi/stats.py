@@ -1,4 +1,4 @@
-"""Statistics of the evidence protocol (design §8): paired differences against the baseline.
+"""Statistics of the evidence protocol (docs/eval.md): paired differences against the baseline.
 
 Every method × seed run is paired with the baseline run of the same seed (same initialisation and
 data order), so the per-seed difference removes the noise that the seeds share. Per domain the

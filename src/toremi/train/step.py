@@ -61,7 +61,7 @@ class StepEngine:
         self.rw.amp = self.amp
 
     def _fwd(self, input_ids, labels, s, inv_norm):
-        """Forward + weighted loss; compiled as one graph when ``compile`` is on (design.md §6)."""
+        """Forward + weighted loss; compiled as one graph when ``compile`` is on."""
         with self.amp:
             logits = self.ddp(input_ids)
         l, n = per_sample_loss(logits, labels)
