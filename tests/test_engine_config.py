@@ -108,7 +108,7 @@ def test_python_dash_m_toremi():
     assert out.returncode == 0 and out.stdout.strip() == toremi.__version__
 
 
-# --- configs validated before any work (issue 9 item 5) ----------------------------------------
+# --- configs validated before any work ---------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
 
 
