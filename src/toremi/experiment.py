@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from toremi import layout
+from toremi.integrity import DirLock
 from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 from toremi.stage import Stage
@@ -126,7 +127,9 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
         if corpus is None:
             raise ConfigError("pipeline.annotate needs a corpus (pipeline.corpus or corpus:)")
         log(f"experiment: annotate {corpus}")
-        Annotator(corpus, None, from_dict(AnnotateConfig, p.annotate, "pipeline.annotate.")).run()
+        ann = Annotator(corpus, None, from_dict(AnnotateConfig, p.annotate, "pipeline.annotate."))
+        with DirLock(ann.out, "annotate"):  # the other stages called here lock in their functions
+            ann.run()
     tokens = Path(cfg.tokens) if cfg.tokens else None
     if p.prepare is not None:
         from toremi.prepare import PrepareConfig, prepare

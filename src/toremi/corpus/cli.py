@@ -6,6 +6,8 @@
     toremi corpus list
     toremi corpus fetch-sources [DIR]   (the raw sources of the 13 domains; DIR default: where
                                          `build` looks, $TOREMI_SOURCES or ~/.cache/toremi/sources)
+
+`toremi corpus build --help` and `toremi corpus ingest --help` list every key.
 """
 
 from __future__ import annotations
