@@ -19,6 +19,7 @@ import functools
 import inspect
 import io
 import json
+import re
 import textwrap
 import tokenize
 import types
@@ -78,8 +79,6 @@ class Stage:
         args = self.parser().parse_intermixed_args(argv)
         overrides = command_line_overrides(self, args, lead)
         defaults = None if (self.config_replaces_defaults and args.config) else self.defaults
-        if self.config_required and not args.config:
-            raise ConfigError(f"toremi {self.name} needs --config FILE.yaml")
         return load_config(self.config, args.config, overrides, defaults=defaults)
 
     def run(self, argv: list[str] | None, body: Callable[[Any], int | None]) -> int:
@@ -253,11 +252,11 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
             key, eq, const = target.partition("=")
             doc = (by_name[key].doc if key in by_name else "").replace("%", "%%")
             if eq:
-                g.add_argument(flag, dest=_dest(flag), action="store_const", const=const,
-                               help=f"= {target}. {doc}")
+                g.add_argument(flag, dest="alias " + flag, action="store_const", const=const,
+                               help=f"= {target}. {doc}".strip())
             else:
-                g.add_argument(flag, dest=_dest(flag), metavar=_metavar(by_name[key].type),
-                               help=f"= {key}=VALUE. {doc}")
+                g.add_argument(flag, dest="alias " + flag, metavar=_metavar(by_name[key].type),
+                               help=f"= {key}=VALUE. {doc}".strip())
     groups: dict[str, Any] = {"": p.add_argument_group(f"options ({stage.config.__name__})")}
     value_only: list[str] = []
     items: list[str] = []
@@ -274,14 +273,15 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
             continue
         help_ = help_.replace("%", "%%")
         if section not in groups:
-            groups[section] = p.add_argument_group(f"{section}.*" if section else f"options ({stage.config.__name__})")
+            groups[section] = p.add_argument_group(f"{section}.*")
+        dest = "key " + k.name
         if _is_switch(k.type):
-            groups[section].add_argument(flag, dest=_dest(flag), action=argparse.BooleanOptionalAction,
-                                         default=None, help=help_)
+            groups[section].add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                                         help=help_)
         elif _is_scalar_list(k.type):
-            groups[section].add_argument(flag, dest=_dest(flag), nargs="+", metavar="X", help=help_)
+            groups[section].add_argument(flag, dest=dest, nargs="+", metavar="X", help=help_)
         else:
-            groups[section].add_argument(flag, dest=_dest(flag), metavar=_metavar(k.type), help=help_)
+            groups[section].add_argument(flag, dest=dest, metavar=_metavar(k.type), help=help_)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     if items:
         p.epilog = ("fields of list items (the whole list in --config, or key='[{a: 1}, ...]'):\n"
@@ -307,24 +307,19 @@ def _metavar(tp: Any) -> str:
     return "YAML" if name.startswith(("list[", "mapping")) or name[:1].isupper() else name.upper()
 
 
-def _dest(flag: str) -> str:
-    return "opt " + flag
-
-
 def command_line_overrides(stage: Stage, args: argparse.Namespace, lead: list[str]) -> list[str]:
     """Options and ``key=value`` items -> override strings; a list option's trailing ``k=v`` items
     (argparse gives them to the list) go back to the overrides; a key given twice is refused."""
     positional = list(args.overrides or [])
     flags: list[tuple[str, str, str]] = []  # (key, value, how it was given)
     for dest, value in vars(args).items():
-        if not dest.startswith("opt ") or value is None:
+        kind, _, name = dest.partition(" ")
+        if kind not in ("key", "alias") or value is None:
             continue
-        flag = dest[4:]
-        target = stage.aliases.get(flag, flag[2:].replace("-", "_"))
-        key, eq, const = target.partition("=")
+        flag = name if kind == "alias" else flag_of(name)
+        key, eq, _ = (stage.aliases[name] if kind == "alias" else name).partition("=")
         if isinstance(value, list):
-            while len(value) > 1 and "=" in value[-1] and value[-1].split("=")[0].replace(".", "").replace(
-                    "_", "").isalnum():
+            while len(value) > 1 and re.fullmatch(r"[A-Za-z_][\w.]*=.*", value[-1]):
                 positional.insert(0, value.pop())
             value = value[0] if len(value) == 1 else json.dumps(value)
         elif isinstance(value, bool):
