@@ -229,9 +229,6 @@ def _is_scalar_list(tp: Any) -> bool:
 def build_parser(stage: Stage) -> argparse.ArgumentParser:
     """argparse from the dataclass: ``--config``, the aliases, one option per key, grouped by
     section, each with its type, default and comment; ``key.sub=value`` items positional."""
-    from toremi.config import flatten
-
-    shown = flatten(stage.defaults or {})
     keys = stage.keys()
     by_name = {k.name: k for k in keys}
     p = argparse.ArgumentParser(
@@ -262,7 +259,7 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
     items: list[str] = []
     for k in keys:
         section = k.name.rpartition(".")[0]
-        default = shown.get(k.name, k.default)
+        default = _lookup(stage.defaults, k.name, k.default)
         help_ = f"[{type_name(k.type)}, default {_show(default)}]" + (f" {k.doc}" if k.doc else "")
         flag = flag_of(k.name)
         if not k.option:  # a field of a list's items: set with the whole list
@@ -289,6 +286,16 @@ def build_parser(stage: Stage) -> argparse.ArgumentParser:
     if value_only:
         p.epilog = "keys set only as key=VALUE (or in --config):\n" + "\n".join(value_only) + "\n\n" + p.epilog
     return p
+
+
+def _lookup(data: dict | None, dotted: str, fallback: Any) -> Any:
+    """``data[a][b]`` for ``a.b`` (the stage's own defaults, shown in --help), else ``fallback``."""
+    node: Any = data or {}
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return fallback
+        node = node[part]
+    return node
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
