@@ -16,7 +16,7 @@ from toremi.corpus.cli import main as corpus_main
 from toremi.corpus.documents import iter_shards, load_manifest, read_split
 from toremi.corpus.ingest import IngestError, IngestOptions, ingest
 from toremi.corpus.sources import SourceMissing, bible_chapters, brown_text, email_body
-from toremi.io import sha256_file
+from toremi.done import file_sha256 as sha256_file
 
 VOCAB = [f"w{i}{c}" for i in range(400) for c in "abcde"]
 

@@ -166,3 +166,28 @@ def test_gpt2_token_byte_lengths():
     assert lengths[tok.eot_id] == 0
     for text in ("Hello world", "naïve café — ok", "日本"):
         assert lengths[tok.encode(text)].sum() == len(text.encode("utf-8"))
+
+
+def test_documents_parquet_is_streamed_in_pyarrow_row_groups(tmp_path, monkeypatch):
+    """The one streamed merge writes documents.parquet shard by shard, yet the same bytes as one
+    ``pq.write_table`` of every id (full row groups of ``ROW_GROUP`` rows, the rest last), so the
+    file does not depend on how the ids were split into shards or which engine made them."""
+    import pyarrow as pa
+
+    from toremi.io import atomic_write_json
+    from toremi.prepare import merge
+
+    monkeypatch.setattr(merge, "ROW_GROUP", 4)
+    sizes = [3, 0, 6, 1, 2]
+    ids = [f"doc-{i}" for i in range(sum(sizes))]
+    stats, start = [], 0
+    for k, n in enumerate(sizes):
+        path = f"shards/train-{k:05d}.bin"
+        atomic_write_json((tmp_path / path).with_suffix(".meta.json"), {"doc_ids": ids[start:start + n]})
+        stats.append({"path": path})
+        start += n
+    cfg = PrepareConfig(corpus=tmp_path, out=tmp_path)
+    merge.write_documents(cfg, stats)
+    pq.write_table(pa.table({"id": ids}), tmp_path / "whole.parquet", row_group_size=4)
+    assert (tmp_path / "documents.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert pq.ParquetFile(tmp_path / "documents.parquet").metadata.num_row_groups == 3

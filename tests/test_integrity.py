@@ -7,6 +7,7 @@ bit-identical output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -135,9 +136,9 @@ def test_second_prepare_refused_naming_holder_and_stale_lock_does_not_block(tiny
     out = tmp_path / "tok"
     args = ["prepare", "--corpus", tiny_corpus, "--out", out, "--tokenizer", "bpe:300", "--seq-len", "32",
             "topics_from=domain", "bpe_train_mb=0.2"]
-    slow = ("import sys, time, toremi.prepare as p\norig = p._prepare_shard\n"
+    slow = ("import sys, time, toremi.prepare.shard as p\norig = p.write_token_shard\n"
             "def slow(*a, **k):\n    time.sleep(2)\n    return orig(*a, **k)\n"
-            "p._prepare_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+            "p.write_token_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     first = subprocess.Popen([sys.executable, "-c", slow, *map(str, args)], env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -329,8 +330,7 @@ def test_file_size_limit_is_one_line_and_nothing_half_written(tiny_corpus, tmp_p
     tok = tmp_path / "tok"
     assert not (tok / "manifest.json").exists() and not list(tok.rglob("*.tmp"))
     for done in tok.rglob("*.done"):  # whatever is marked finished is whole
-        assert read_json(done)["sha256"] == __import__("toremi.io", fromlist=["x"]).sha256_file(
-            done.with_name(done.name[:-5]))
+        assert read_json(done)["sha256"] == hashlib.sha256(done.with_name(done.name[:-5]).read_bytes()).hexdigest()
     toremi(*args, check_rc=0)
     ref = tmp_path / "ref"
     toremi(*[ref if a == tok else a for a in args], check_rc=0)
@@ -421,9 +421,9 @@ def test_documented_files_exist_after_a_small_run(tiny_corpus, tmp_path):
 
 
 # --- crash consistency is unchanged: SIGKILL mid-stage, rerun, bit-identical --------------------
-SLOW_PREP = ("import sys, time, toremi.prepare as p\norig = p._prepare_shard\n"
+SLOW_PREP = ("import sys, time, toremi.prepare.shard as p\norig = p.write_token_shard\n"
              "def slow(*a, **k):\n    time.sleep(0.5)\n    return orig(*a, **k)\n"
-             "p._prepare_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+             "p.write_token_shard = slow\nfrom toremi.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
 @pytest.mark.parametrize("sig,rc", [(signal.SIGKILL, -9), (signal.SIGTERM, 75)])

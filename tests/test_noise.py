@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from toremi.io import read_json, sha256_file
+from toremi.done import file_sha256 as sha256_file
+from toremi.io import read_json
 from toremi.noise import main as noise_main
 from toremi.noise import shuffle_words
 

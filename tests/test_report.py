@@ -206,3 +206,32 @@ def test_untrusted_names_are_escaped(runs, tmp_path):
     assert f"Topic diagnosis: run&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<td>&lt;b&gt;Business&lt;/b&gt;</td>" in page
     assert bold_segments("a **b** c **d") == [("a ", False), ("b", True), (" c **d", False)]
+
+
+def test_per_topic_epochs_panel_and_table(tmp_path):
+    """The committed cap grid (real run.json files with topic_epochs / topic_weighted_epochs): the
+    report shows per-topic epochs per method as a figure and a table, values as recorded."""
+    from PIL import Image
+
+    grid = Path(__file__).resolve().parents[1] / "docs" / "results" / "cap_cpu"
+    out = tmp_path / "rep"
+    assert report_main(["--experiment", str(grid), "--out", str(out)]) == 0
+    with Image.open(out / "epochs.png") as im:
+        im.load()
+        assert min(im.size) > 100
+    md = (out / "report.md").read_text()
+    table = md[md.index("### Per-topic epochs"):].split("\n\n")[1].splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert head[0] == "topic" and "toremi-sampling-cap1.5 (cap 1.5)" in head
+    rows = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")[1:]] for r in table[2:]}
+    for label in ("uniform", "toremi-sampling-cap1.5"):
+        info = json.loads((grid / "runs" / f"{label}-s1" / "run.json").read_text())
+        col = [h.split(" (cap")[0] for h in head[1:]].index(label)
+        for t, e in zip(info["topic_names"], info["topic_epochs"]):
+            w = info.get("topic_weighted_epochs")
+            expect = f"{e:.2f}" + (f" ({w[info['topic_names'].index(t)]:.2f})" if w else "")
+            assert rows[t][col] == expect, (label, t)
+        assert float(rows["max"][col]) == pytest.approx(max(info["topic_epochs"]), abs=0.005)
+    cap = [h.split(" (cap")[0] for h in head[1:]].index("toremi-sampling-cap1.5")
+    assert float(rows["max"][cap]) <= 1.5 + 0.01  # the cap holds: no topic past 1.5 epochs
+    assert "Per-topic epochs" in (out / "report.html").read_text()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toremi.methods import MethodConfig, build_method
-from toremi.methods.toremi_noise import learnability
+from toremi.methods.toremi_noise import learnability, progress
 
 D = torch.float64
 
@@ -23,6 +23,34 @@ def test_learnability_by_hand():
     slope, learning = learnability(hist, level, ratio=0.25)
     assert slope.tolist() == pytest.approx([0.125, 0.05, 0.0, 0.0])
     assert learning.tolist() == [True, True, False, False]
+
+
+def test_progress_by_hand():
+    first = torch.tensor([8.0, 8.0, 8.3, math.nan], dtype=D)
+    level = torch.tensor([4.0, 6.0, 8.4, 5.0], dtype=D)
+    # progress: 0.5, 0.25, -0.012, unseen. Mean positive over the 3 seen: 0.25; x 0.25 = 0.0625
+    prog, learning = progress(first, level, ratio=0.25)
+    assert prog[:3].tolist() == pytest.approx([0.5, 0.25, -0.1 / 8.3])
+    assert learning.tolist() == [True, True, False, False]
+
+
+def plateau_run(signal: str, updates: int = 40):
+    """Topic 0 learns fast then plateaus above the mean with a noisy per-update loss (the shape of
+    a small, hard clean domain late in training), topic 1 keeps learning, topic 2 is noise."""
+    m = build_method(MethodConfig(name="toremi-noise", interval=1, switch="fraction", switch_fraction=0.9,
+                                  emphasis=False, learn_signal=signal), 3, total_steps=updates)
+    g = torch.Generator().manual_seed(0)
+    for u in range(1, updates + 1):
+        loss = torch.tensor([5.5 + 2.5 * math.exp(-u / 3), 3 + 5 * math.exp(-u / 15), 8.3], dtype=D)
+        m.update(u, (loss + 0.05 * torch.randn(3, generator=g, dtype=D)) * 10, torch.full((3,), 10.0, dtype=D))
+    return m
+
+
+def test_progress_signal_does_not_flag_a_clean_topic_that_plateaus():
+    """The windowed slope flags the plateaued clean topic (the false positive seen on clean `code`);
+    the cumulative progress flags only the noise."""
+    assert plateau_run("window").noisy.tolist() == [True, False, True]
+    assert plateau_run("progress").noisy.tolist() == [False, False, True]
 
 
 def simulate(cfg: MethodConfig, updates: int = 20):

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from toremi import layout
+from toremi import done, layout
 from toremi.integrity import DirLock
-from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
+from toremi.config import ConfigError, flatten, from_dict, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
 from toremi.stage import Stage
 
@@ -274,12 +274,12 @@ def stale_eval(run_dir: Path, ecfg) -> str | None:
         return "no eval.json"
     if ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime:
         return "eval.json older than the model"
-    old, new = read_json(ev).get("config") or {}, to_dict(ecfg)
     # Where the run or the output sits is not a setting: a run linked into another experiment
     # keeps its evaluation.
-    keys = sorted(k for k in set(old) | set(new)
-                  if k not in ("run", "out") and old.get(k) != new.get(k))
-    return f"eval settings changed: {', '.join(keys)}" if keys else None
+    old, new = ({k: v for k, v in c.items() if k not in ("run", "out")}
+                for c in (read_json(ev).get("config") or {}, to_dict(ecfg)))
+    why = done.stale_reason(old, new)
+    return f"eval settings changed: {why}" if why else None
 
 
 STAGE = Stage("experiment", ExperimentConfig, lock=lambda cfg: cfg.out, doc=__doc__, config_required=True)

@@ -3,14 +3,11 @@
 - ``hold_lock(dir, stage)``: an advisory ``fcntl.flock`` on ``dir/.toremi.lock``. A second writer is
   refused at once, naming the holder's PID; the kernel drops the lock when its holder dies, so a
   lock left by a killed process never blocks a rerun.
-- ``file_sha256(path)``: the full sha256, cached by (path, size, mtime_ns, ctime_ns) in a small
-  SQLite file (``$TOREMI_HASH_CACHE``, default ``~/.cache/toremi/sha256.sqlite``), so verifying a
-  dataset that did not change costs one ``stat`` per file. The ctime is set by the kernel on every
-  write, so restoring an mtime after an edit does not hide it.
 - ``verify_tokens`` / ``verify_corpus``: compare every file a stage reads with the hash recorded
   when it was written; a mismatch is refused with the file named and the command that rebuilds it.
-- ``stale_reason(recorded, now)``: why a finished shard/domain no longer matches its inputs
-  (None when it does), so resume redoes exactly what changed and says why.
+- ``token_shard_inputs``: everything a prepared token shard depends on (its input fingerprint).
+Hashes (``file_sha256``, cached) and the done check (``why_redo``, ``stale_reason``) live in
+``toremi.done``.
 """
 
 from __future__ import annotations
@@ -20,13 +17,13 @@ import functools
 import json
 import os
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from toremi import layout
-from toremi.io import read_json, sha256_file
+from toremi import done, layout
+from toremi.done import file_sha256, hash_cache
+from toremi.io import read_json
 
 LOCK_NAME = ".toremi.lock"
 
@@ -121,55 +118,7 @@ def locked(stage: str, out_of: Callable[..., Any]):
     return wrap
 
 
-# --- cached full hashes ---------------------------------------------------------------------
-def _cache_path() -> Path:
-    env = os.environ.get("TOREMI_HASH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "toremi" / "sha256.sqlite"
-
-
-def _cache() -> sqlite3.Connection | None:
-    try:
-        p = _cache_path()
-        p.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(p, timeout=10)
-        db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT PRIMARY KEY, size INT, mtime INT, "
-                   "ctime INT, sha TEXT)")
-        return db
-    except (OSError, sqlite3.Error):
-        return None  # no writable cache: hash every time
-
-
-def file_sha256(path: Path, db: sqlite3.Connection | None = None) -> str:
-    """Full sha256 of ``path``, reused while its size, mtime and ctime are unchanged."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    own = db is None
-    db = _cache() if own else db
-    try:
-        if db is not None:
-            try:
-                row = db.execute("SELECT size, mtime, ctime, sha FROM h WHERE path=?", (str(path),)).fetchone()
-            except sqlite3.Error:  # the cache only saves time: never let it fail a stage
-                row = None
-            if row and tuple(row[:3]) == key:
-                return row[3]
-        sha = sha256_file(path)
-        if db is not None:
-            try:
-                db.execute("INSERT OR REPLACE INTO h VALUES (?,?,?,?,?)", (str(path), *key, sha))
-                db.commit()
-            except sqlite3.Error:
-                pass
-        return sha
-    finally:
-        if own and db is not None:
-            db.close()
-
-
+# --- hashes checked against their records ---------------------------------------------------
 def _check(root: Path, rel: str, want: str | None, rebuild: str, db, seen: dict) -> None:
     path = root / rel
     if not path.exists():
@@ -200,7 +149,7 @@ def verify_tokens(tokens_dir: Path) -> dict:
     m = read_json(mpath)
     rebuild = prepare_command(tokens_dir, m)
     seen: dict[str, str] = {}
-    db = _cache()
+    db = hash_cache()
     try:
         for s in m.get("shards", []):
             _check(tokens_dir, s["path"], s.get("sha256"), rebuild, db, seen)
@@ -230,9 +179,10 @@ def recorded_corpus_hashes(corpus: Path) -> dict[str, str]:
         return {s["path"]: s["sha256"] for s in read_json(mpath).get("shards", []) if s.get("sha256")}
     out = {}
     for marker in corpus.glob("*/*/shard-*.parquet.done"):
-        sha = read_json(marker).get("sha256")
+        shard = marker.with_name(marker.name[: -len(".done")])
+        sha = (done.read(shard) or {}).get("sha256")
         if sha:
-            out[str(marker.relative_to(corpus))[: -len(".done")]] = sha
+            out[str(shard.relative_to(corpus))] = sha
     return out
 
 
@@ -243,7 +193,7 @@ def verify_corpus_shards(corpus: Path, shards: list[Path]) -> dict[str, str]:
     want = recorded_corpus_hashes(corpus)
     rebuild = corpus_command(corpus)
     seen: dict[str, str] = {}
-    db = _cache()
+    db = hash_cache()
     try:
         for shard in shards:
             rel = str(Path(shard).relative_to(corpus))
@@ -255,20 +205,6 @@ def verify_corpus_shards(corpus: Path, shards: list[Path]) -> dict[str, str]:
 
 
 # --- fingerprints at stage boundaries -------------------------------------------------------
-def stale_reason(recorded: dict | None, now: dict) -> str | None:
-    """None when ``recorded`` equals ``now``; else which inputs changed, for the resume log."""
-    if not recorded:
-        return "no input fingerprint recorded (written by an older toremi)"
-    changed = [k for k in sorted(set(now) | set(recorded)) if recorded.get(k) != now.get(k)]
-    if not changed:
-        return None
-
-    def short(v: Any) -> str:
-        s = str(v)
-        return s[:12] if len(s) == 64 else s
-    return ", ".join(f"{k} {short(recorded.get(k))} -> {short(now.get(k))}" for k in changed) + " changed"
-
-
 def model_tokenizer_fingerprint(model_dir: Path) -> str | None:
     """The fingerprint of the tokenizer a model folder was trained with, if it can be known: the
     run.json of its run (``final/`` or ``checkpoints/step-*/model``), else its own tokenizer.json."""
@@ -295,7 +231,7 @@ def token_shard_inputs(cfg, tok, jobs: list, topics, domains: list[str], index_v
 
     corpus = Path(cfg.corpus)
     source_sha = verify_corpus_shards(corpus, [shard for _, _, shard in jobs])
-    db = _cache()
+    db = hash_cache()
     try:
         topics_json = None
         if topics.attr_dir is not None:
@@ -318,19 +254,3 @@ def token_shard_inputs(cfg, tok, jobs: list, topics, domains: list[str], index_v
     finally:
         if db is not None:
             db.close()
-
-
-def reuse_token_shard(out_bin: Path, meta: dict, inputs: dict) -> str | None:
-    """None if the finished shard ``out_bin`` can be reused as is; else why it must be redone."""
-    if not meta:
-        return "not finished"
-    why = stale_reason(meta.get("inputs"), inputs)
-    if why:
-        return why
-    recorded = read_json(out_bin.with_name(out_bin.name + ".done")).get("sha256")
-    if recorded and file_sha256(out_bin) != recorded:
-        return f"{out_bin.name} changed after it was written (sha256 differs from its done marker)"
-    idx = out_bin.with_suffix(".idx.npz")
-    if meta.get("idx_sha256") and (not idx.exists() or file_sha256(idx) != meta["idx_sha256"]):
-        return f"{idx.name} changed after it was written"
-    return None

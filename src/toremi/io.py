@@ -1,4 +1,5 @@
-"""Small file helpers shared by every stage: atomic writes, hashes, completion markers."""
+"""Small file helpers shared by every stage: atomic writes, JSON and JSON lines, the hash of a
+JSON value (file hashes and done markers: ``toremi.done``)."""
 
 from __future__ import annotations
 
@@ -64,14 +65,6 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -89,19 +82,3 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def done_marker(path: Path) -> Path:
-    """Completion marker for a shard: written last, so its presence means the shard is whole."""
-    return path.with_name(path.name + ".done")
-
-
-def mark_done(path: Path, info: dict | None = None) -> None:
-    info = dict(info or {})
-    if path.exists() and path.is_file():
-        info.setdefault("sha256", sha256_file(path))
-    atomic_write_json(done_marker(path), info)
-
-
-def is_done(path: Path) -> bool:
-    return done_marker(path).exists() and path.exists()

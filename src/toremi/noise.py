@@ -14,7 +14,7 @@ Two levels, chosen by the input:
 - ``--tokens DIR`` (kind ``tokens``): copies a prepared tokens dir and replaces every token of the
   topic's train and dev sequences (both come from the training pool) (except ``<|endoftext|>``) by a uniformly random token id; the index
   is unchanged, so no re-tokenization is needed. The manifest's shard hashes and ``data_hash`` are
-  updated (by ``prepare_merge.write_derived_manifest``: prepare owns that format) so that runs on
+  updated (by ``prepare.merge.write_derived_manifest``: prepare owns that format) so that runs on
   noisy data never pass for runs on clean data.
 - ``--tokens DIR`` with kinds ``chars``/``words``: the corpus route on the corpus the tokens were
   prepared from (into ``<out>/corpus``), then ``prepare`` with the same settings and the same
@@ -38,7 +38,8 @@ import numpy as np
 
 from toremi import integrity, layout
 from toremi.config import ConfigError, from_dict, to_dict
-from toremi.io import atomic_path, atomic_write_json, read_json, sha256_file
+from toremi.done import file_sha256
+from toremi.io import atomic_path, atomic_write_json, read_json
 from toremi.stage import Stage
 
 
@@ -151,7 +152,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
         dest = out / p.relative_to(src)
         with atomic_path(dest) as tmp:
             pq.write_table(table, tmp)
-        hashes[str(p.relative_to(src))] = sha256_file(dest)
+        hashes[str(p.relative_to(src))] = file_sha256(dest)
         counts[p.parent.name] = counts.get(p.parent.name, 0) + len(hit)
     info = {"level": "corpus", **to_dict(cfg), "topic_id": tid, "candidates": len(candidates),
             "corrupted": sum(counts.values()), "per_domain": counts}
@@ -165,7 +166,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
 
 def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     from toremi.data.shards import open_shard, write_shard
-    from toremi.prepare_merge import write_derived_manifest
+    from toremi.prepare.merge import write_derived_manifest
 
     src, out = Path(cfg.tokens), Path(cfg.out)
     if out.resolve() == src.resolve():
@@ -213,7 +214,7 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
     from dataclasses import replace
 
     from toremi.prepare import PrepareConfig, prepare
-    from toremi.prepare_merge import write_derived_manifest
+    from toremi.prepare.merge import write_derived_manifest
 
     src, out = Path(cfg.tokens), Path(cfg.out)
     if out.resolve() == src.resolve():

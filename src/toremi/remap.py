@@ -292,6 +292,44 @@ def remap_weights(old_tokens: str | Path | Labelled, new_tokens: str | Path | La
     return result
 
 
+def run_hashes(manifest: dict) -> set:
+    """The data hashes a run on this tokens dir may record (TokenDataset.data_hash: the manifest's,
+    or combined with the packed index's when it trained on packed windows)."""
+    h = manifest.get("data_hash")
+    out = {h}
+    if h and manifest.get("packed"):
+        from toremi.io import sha256_json
+
+        out.add(sha256_json([h, manifest["packed"]["data_hash"]]))
+    return out
+
+
+# --- using a written mapping (train resume, replay) ------------------------------------------------
+def load_mapping(path: str | Path) -> dict:
+    """A ``toremi remap`` output, checked for the fields a resume or a replay reads."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such remap file (write one with `toremi remap ... --out {path}`)")
+    doc = read_json(path)
+    if doc.get("format") != "toremi.remap/1" or "mapping" not in doc:
+        raise ValueError(f"{path}: not a `toremi remap` output (format {doc.get('format')!r})")
+    doc["path"] = str(path)
+    return doc
+
+
+def map_vector(mapping: dict, values, unlabelled: float = 1.0) -> np.ndarray:
+    """Per-topic ``values`` of the old topic set -> the new one through the recorded matrix:
+    ``M @ [values, unlabelled]`` (the document-weighted mean, as ``remap_weights``); a new topic
+    with no shared document gets ``unlabelled`` (weights: 1, neutral). The matrix is stored at 6
+    decimals, so a mapped value matches ``remap_weights`` to about 1e-6."""
+    m = np.asarray(mapping["mapping"]["matrix"], dtype=np.float64)
+    v = np.append(np.asarray(values, dtype=np.float64).reshape(-1), unlabelled)
+    if m.shape[1] != len(v):
+        raise ValueError(f"{mapping.get('path', 'remap')}: maps {m.shape[1] - 1} old topics, got {len(v) - 1} values")
+    out = m @ v
+    return np.where(m.sum(1) > 0, out, unlabelled)
+
+
 @dataclasses.dataclass
 class RemapConfig:
     old: str  # tokens dir (or annotation dir) the run was trained on
@@ -325,7 +363,8 @@ def _remap(args: RemapConfig) -> int:
     result = remap_weights(old, args.new, weights, min_coverage=args.min_coverage,
                            weight_by=args.weight_by)
     doc = {**result.to_json(), "source": source}
-    if source["data_hash"] and result.old.data_hash and source["data_hash"] != result.old.data_hash:
+    old_hashes = run_hashes(read_json(layout.tokens_manifest(args.old))) if result.old.kind == "tokens" else set()
+    if source["data_hash"] and result.old.data_hash and source["data_hash"] not in old_hashes:
         print(f"toremi remap: warning: {args.run} trained on data {source['data_hash'][:12]}, "
               f"{args.old} is {result.old.data_hash[:12]} (same topics, other data)", file=sys.stderr)
     atomic_write_json(Path(args.out), doc)

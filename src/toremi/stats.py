@@ -10,7 +10,6 @@ differences; with one seed there is no interval ("n/a").
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -133,9 +132,38 @@ def weights_digest(run_dir: str | Path) -> str | None:
     """sha256 of the final weights file (the negative control must match the baseline's)."""
     f = layout.run_final_weights(run_dir)
     if f.exists():
-        return hashlib.sha256(f.read_bytes()).hexdigest()
+        from toremi.done import file_sha256
+
+        return file_sha256(f)
     saved = layout.run_final_digest(run_dir)  # a committed copy of the run keeps only the digest
     return saved.read_text().strip() if saved.exists() else None
+
+
+def pairs_by_method(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None):
+    """The pairing every paired statistic uses: (domains, baseline run by seed, {label: [(run,
+    baseline run of its seed)]}), after ``check_comparable``; a run without its baseline is refused."""
+    check_comparable(runs, declared)
+    evald = [r for r in runs if r.get("eval")]
+    domains = check_domains(runs, exclude)
+    base = {r["seed"]: r for r in evald if r["label"] == baseline}
+    labels = [lab for lab in dict.fromkeys(r["label"] for r in evald) if lab != baseline]
+    out = {}
+    for label in labels:
+        rs = [r for r in evald if r["label"] == label]
+        for r in rs:
+            if r["seed"] not in base:
+                raise EvidenceError(f"paired statistic for {r['name']}: no baseline run "
+                                    f"'{baseline}' with seed {r['seed']} (expected {baseline}-s{r['seed']})")
+        out[label] = [(r, base[r["seed"]]) for r in rs]
+    return domains, base, out
+
+
+def macro_deltas(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None) -> dict:
+    """{label: {seed: paired Δ macro NLL}}: the per-seed values behind ``paired``'s macro row
+    (a bootstrap over seeds resamples these)."""
+    domains, _, by_label = pairs_by_method(runs, baseline, exclude, declared)
+    return {lab: {r["seed"]: macro_nll(r["eval"], domains) - macro_nll(b["eval"], domains) for r, b in pairs}
+            for lab, pairs in by_label.items()}
 
 
 def paired(runs: list[dict], baseline: str = "uniform", exclude=(), declared=None) -> dict:
@@ -144,20 +172,11 @@ def paired(runs: list[dict], baseline: str = "uniform", exclude=(), declared=Non
 
     ``runs`` are ``toremi.runs.load_run`` records with ``eval``. A method run without a baseline run of
     the same seed is refused (EvidenceError naming the missing run)."""
-    check_comparable(runs, declared)
-    evald = [r for r in runs if r.get("eval")]
-    domains = check_domains(runs, exclude)
-    base = {r["seed"]: r for r in evald if r["label"] == baseline}
-    labels = [lab for lab in dict.fromkeys(r["label"] for r in evald) if lab != baseline]
+    domains, base, by_label = pairs_by_method(runs, baseline, exclude, declared)
     out = {"baseline": baseline, "domains": domains, "excluded": sorted(exclude),
            "unit": "nats/token (nll), bits/byte (bpb)", "methods": {}}
-    for label in labels:
-        rs = [r for r in evald if r["label"] == label]
-        for r in rs:
-            if r["seed"] not in base:
-                raise EvidenceError(f"paired statistic for {r['name']}: no baseline run "
-                                    f"'{baseline}' with seed {r['seed']} (expected {baseline}-s{r['seed']})")
-        pairs = [(r, base[r["seed"]]) for r in rs]
+    for label, pairs in by_label.items():
+        rs = [r for r, _ in pairs]
         d_nll = {d: t_interval([nll(r["eval"], d) - nll(b["eval"], d) for r, b in pairs]) for d in domains}
         d_bpb = {d: t_interval([r["eval"]["domains"][d]["bpb"] - b["eval"]["domains"][d]["bpb"]
                                 for r, b in pairs]) for d in domains}

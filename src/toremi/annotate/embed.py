@@ -17,7 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from toremi.io import atomic_path, done_marker, mark_done, read_json, sha256_file, sha256_json
+from toremi import done
+from toremi.io import atomic_path, sha256_json
 
 
 @dataclasses.dataclass
@@ -183,27 +184,12 @@ def embed_texts(embedder: Embedder, texts: list[str], cfg: EmbedConfig) -> np.nd
     return _normalise(summed)
 
 
-def shard_valid(path: Path, rows: int, expect: dict | None = None) -> bool:
-    """True if ``path`` is complete: marker present, row count and sha256 match (and ``expect``
-    keys match the marker), so a truncated or corrupted file is detected and recomputed."""
-    path, marker = Path(path), done_marker(Path(path))
-    if not (path.exists() and marker.exists()):
-        return False
-    try:
-        info = read_json(marker)
-    except ValueError:
-        return False
-    if info.get("rows") != rows or any(info.get(k) != v for k, v in (expect or {}).items()):
-        return False
-    return info.get("sha256") == sha256_file(path)
-
-
 def save_npy(path: Path, arr: np.ndarray, info: dict) -> None:
     """Write ``arr`` atomically, then its done marker (rows + sha256 + ``info``)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, arr)
-    mark_done(path, {"rows": int(arr.shape[0]), **info})
+    done.mark(path, {"rows": int(arr.shape[0]), **info})
 
 
 def embed_fingerprint(cfg: EmbedConfig) -> str:
@@ -215,7 +201,7 @@ def embed_fingerprint(cfg: EmbedConfig) -> str:
 def embed_shard(embedder: Embedder, cfg: EmbedConfig, texts: list[str], out: Path) -> dict:
     """Embed one document shard into ``out`` (float16), unless a valid copy is already there."""
     expect = {"model": embedder.name, "config": embed_fingerprint(cfg)}
-    if shard_valid(out, len(texts), expect):
+    if done.valid(out, len(texts), expect):  # complete, same rows and settings, bytes unchanged
         return {"path": str(out), "rows": len(texts), "skipped": True}
     emb = embed_texts(embedder, texts, cfg).astype(np.float16)
     save_npy(out, emb, expect)

@@ -2,10 +2,12 @@
 annotation dir (layout in docs/ARCHITECTURE.md).
 
 Embedding, assignment, keyword counting and attribute writing are per-shard maps over plain
-items, run by an engine: in-process (default) or a streaming Ray Data pipeline (``engine=ray``,
-annotate/ray_engine.py) whose driver holds only the k-means sample and per-cluster aggregates. Every shard output carries a
-done marker with its row count, sha256 and the fingerprint of its inputs, so a rerun skips what is
-complete, recomputes what is corrupt or stale, and a changed upstream step invalidates the rest.
+items (annotate/maps.py), run by an engine: in-process (default, annotate/local_engine.py) or a
+streaming Ray Data pipeline (``engine=ray``, annotate/ray_engine.py) whose driver holds only the
+k-means sample and per-cluster aggregates. Every shard output carries a done marker
+(``toremi.done``) with its row count, sha256 and the fingerprint of its inputs, so a rerun skips
+what is complete, recomputes what is corrupt or stale, and a changed upstream step invalidates
+the rest.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from typing import Literal
 
 import numpy as np
 
-from toremi.annotate.cluster import (ClusterConfig, assign, default_k, fit_kmeans, sample_rows,
-                                     transform)
-from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_shard, make_embedder, save_npy, shard_valid
-from toremi.annotate.keywords import KeywordsConfig, count_shard, ctfidf_top, load_stop_words, merge_counts
+from toremi import done, layout
+from toremi.annotate.cluster import ClusterConfig, default_k, fit_kmeans, transform
+from toremi.annotate.embed import EmbedConfig, save_npy
+from toremi.annotate.keywords import KeywordsConfig
 from toremi.annotate.label import SimilarityConfig, SimilarityLabeller, TopicSet
 from toremi.annotate.llm import LLMConfig, LLMLabeller
-from toremi import layout
-from toremi.config import from_dict, to_dict
-from toremi.io import atomic_path, atomic_write_json, mark_done, read_json, sha256_file, sha256_json
+from toremi.annotate.local_engine import LocalEngine
+from toremi.annotate.maps import get_embedder
+from toremi.config import to_dict
+from toremi.io import atomic_write_json, read_json, sha256_json
 from toremi.ray_cluster import EngineConfig, as_engine
 
 STEPS = ("embed", "cluster", "keywords", "label")
@@ -52,104 +55,6 @@ class AnnotateConfig:
 
     def __post_init__(self):
         self.engine = as_engine(self.engine)
-
-
-# ---------------------------------------------------------------- per-shard maps (picklable)
-_EMBEDDERS: dict = {}
-
-
-def get_embedder(cfg: EmbedConfig):
-    """One embedder per process and config (Ray reuses worker processes, so it loads once)."""
-    key = embed_fingerprint(cfg)
-    if key not in _EMBEDDERS:
-        _EMBEDDERS[key] = make_embedder(cfg)
-    return _EMBEDDERS[key]
-
-
-def read_texts(path: str) -> tuple[list[str], list[str]]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path, columns=["id", "text"])
-    return [str(x) for x in t.column("id").to_pylist()], [x or "" for x in t.column("text").to_pylist()]
-
-
-def embed_map(item: dict) -> dict:
-    cfg = from_dict(EmbedConfig, item["cfg"])
-    _, texts = read_texts(item["doc"])
-    return embed_shard(get_embedder(cfg), cfg, texts, Path(item["out"]))
-
-
-def assign_map(item: dict) -> dict:
-    out, emb = Path(item["out"]), np.load(item["emb"], mmap_mode="r")
-    expect = {"centroids": item["centroids_sha"], "embeddings": item["emb_sha"]}
-    center = np.load(item["center"]) if item["center"] else None
-    if shard_valid(out, len(emb), expect):  # member sums are cheap to redo; labels are kept
-        labels = np.load(out)
-        sums = np.zeros((item["k"], emb.shape[1]), np.float64)
-        np.add.at(sums, labels[labels >= 0], np.asarray(emb[labels >= 0], np.float64))
-    else:
-        sums = np.zeros((item["k"], emb.shape[1]), np.float64)
-        labels, _ = assign(emb, np.load(item["centroids"]), item["chunk_rows"], item["spherical"], center, sums)
-        save_npy(out, labels, expect)
-    return {"out": str(out), "sizes": np.bincount(labels + 1, minlength=item["k"] + 1).tolist(), "sums": sums}
-
-
-def count_map(item: dict) -> dict:
-    cfg = from_dict(KeywordsConfig, item["cfg"])
-    _, texts = read_texts(item["doc"])
-    return count_shard(texts, np.load(item["labels"]), item["k"], cfg, load_stop_words(cfg.stop_words))
-
-
-def attributes_map(item: dict) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = Path(item["out"])
-    ids, _ = read_texts(item["doc"])
-    if shard_valid(out, len(ids), {"topics": item["topics_sha"]}):
-        return {"out": str(out), "skipped": True}
-    labels = np.load(item["labels"])
-    table = item["cluster_topics"]
-    topic_ids = [table[c] if c >= 0 else [] for c in labels.tolist()]
-    tbl = pa.table({"id": pa.array(ids, pa.string()), "cluster": pa.array(labels, pa.int32()),
-                    "topic_ids": pa.array(topic_ids, pa.list_(pa.int32()))})
-    with atomic_path(out) as tmp:
-        pq.write_table(tbl, tmp)
-    mark_done(out, {"rows": len(ids), "topics": item["topics_sha"]})
-    return {"out": str(out), "skipped": False}
-
-
-# ---------------------------------------------------------------- engines
-class LocalEngine:
-    """In-process engine. The Ray engine (annotate/ray_engine.py) has the same methods."""
-    name = "local"
-
-    def __init__(self, progress: bool = True):
-        self.progress = progress
-
-    def map(self, fn, items: list[dict], desc: str) -> list:
-        from toremi.progress import bar
-
-        return [fn(it) for it in bar(items, desc=desc, unit="shard", disable=not self.progress)]
-
-    def embed(self, shards: list[Path], outs: list[Path], cfg: EmbedConfig, parts_root: Path) -> list[dict]:
-        items = [{"doc": str(s), "out": str(o), "cfg": to_dict(cfg)} for s, o in zip(shards, outs)]
-        return self.map(embed_map, items, "embed")
-
-    def sample(self, emb_paths: list[Path], n: int, seed: int) -> tuple[np.ndarray, int]:
-        arrays = [np.load(p, mmap_mode="r") for p in emb_paths]
-        return sample_rows(arrays, n, seed), sum(int(np.any(a != 0, axis=1).sum()) for a in arrays)
-
-    def assign(self, items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        res = self.map(assign_map, items, "assign")
-        return np.sum([r["sizes"] for r in res], axis=0), np.sum([r["sums"] for r in res], axis=0)
-
-    def keywords(self, items: list[dict], k: int, cfg: KeywordsConfig) -> tuple[dict, int]:
-        terms, counts, df = merge_counts(self.map(count_map, items, "keywords"), k)
-        return ctfidf_top(terms, counts, df, cfg), len(terms)
-
-    def attributes(self, items: list[dict], table: list, topics_json: Path) -> None:
-        self.map(attributes_map, [{**it, "cluster_topics": table} for it in items], "attributes")
 
 
 def make_engine(cfg: AnnotateConfig):
@@ -197,7 +102,7 @@ class Annotator:
 
     def _emb_paths(self) -> list[Path]:
         paths = [self._p("embeddings", s, ".npy") for s in self.shards]
-        missing = [str(p) for p in paths if not Path(str(p) + ".done").exists()]
+        missing = [str(p) for p in paths if not done.is_done(p)]
         if missing:
             raise FileNotFoundError(f"embeddings missing for {missing[:3]}...; run `toremi annotate embed` first")
         return paths
@@ -205,11 +110,11 @@ class Annotator:
     def cluster(self) -> dict:
         t0, cfg = time.perf_counter(), self.cfg.cluster
         emb_paths = self._emb_paths()
-        emb_shas = [read_json(Path(str(p) + ".done"))["sha256"] for p in emb_paths]
+        emb_shas = [done.read(p)["sha256"] for p in emb_paths]
         cpath = layout.clusters_file(self.out, "centroids.npy")
         fit_key = {"fit": sha256_json([to_dict(cfg), emb_shas])[:16]}
         fit_info = {}
-        if not (cpath.exists() and shard_valid(cpath, len(np.load(cpath)), fit_key)):
+        if not (cpath.exists() and done.valid(cpath, len(np.load(cpath)), fit_key)):
             sample, n_nonempty = self.engine.sample(emb_paths, cfg.sample_size, cfg.seed)
             k = cfg.k or default_k(n_nonempty)
             fit_info["sample_coverage"] = round(len(sample) / n_nonempty, 6)
@@ -219,7 +124,7 @@ class Annotator:
             del sample
             save_npy(cpath.with_name("center.npy"), center.astype(np.float32)[None], fit_key)
             save_npy(cpath, centroids, fit_key)
-        centroids_sha = sha256_file(cpath)
+        centroids_sha = done.file_sha256(cpath)
         k = len(np.load(cpath))
         items = [{"emb": str(e), "emb_sha": sh, "out": str(self._p("clusters", s, ".npy")),
                   "centroids": str(cpath), "centroids_sha": centroids_sha, "k": k,
@@ -239,7 +144,7 @@ class Annotator:
 
     def _label_paths(self) -> list[Path]:
         paths = [self._p("clusters", s, ".npy") for s in self.shards]
-        if not all(Path(str(p) + ".done").exists() for p in paths):
+        if not all(done.is_done(p) for p in paths):
             raise FileNotFoundError("cluster assignments missing; run `toremi annotate cluster` first")
         return paths
 
@@ -248,17 +153,14 @@ class Annotator:
         lab_paths = self._label_paths()
         k = len(np.load(layout.clusters_file(self.out, "centroids.npy")))
         kpath = layout.keywords_json(self.out)
-        key = sha256_json([to_dict(self.cfg.keywords), [read_json(Path(str(p) + ".done"))["sha256"]
-                                                         for p in lab_paths]])[:16]
-        marker = Path(str(kpath) + ".done")
-        if kpath.exists() and marker.exists() and read_json(marker).get("inputs") == key \
-                and read_json(marker).get("sha256") == sha256_file(kpath):
+        key = sha256_json([to_dict(self.cfg.keywords), [done.read(p)["sha256"] for p in lab_paths]])[:16]
+        if done.valid(kpath, expect={"inputs": key}):
             return {"skipped": True}
         items = [{"doc": str(s), "labels": str(p), "k": k, "cfg": to_dict(self.cfg.keywords)}
                  for s, p in zip(self.shards, lab_paths)]
         top, vocabulary = self.engine.keywords(items, k, self.cfg.keywords)
         atomic_write_json(kpath, {str(c): v for c, v in top.items()})
-        mark_done(kpath, {"inputs": key, "k": k, "vocabulary": vocabulary})
+        done.mark(kpath, {"inputs": key, "k": k, "vocabulary": vocabulary})
         info = {"k": k, "vocabulary": vocabulary, "clusters_without_keywords": sum(not v for v in top.values()),
                 "seconds": round(time.perf_counter() - t0, 2)}
         self._log("keywords", info)
@@ -300,7 +202,7 @@ class Annotator:
         if labeller.name.startswith("llm"):
             doc["llm"] = {"requests": labeller.requests, "cache_hits": labeller.cache.hits, "fallbacks": fallbacks}
         atomic_write_json(layout.topics_json(self.out), doc)
-        topics_sha = sha256_file(layout.topics_json(self.out))
+        topics_sha = done.file_sha256(layout.topics_json(self.out))
         table = [result[c]["topic_ids"] for c in range(len(centroids))]
         items = [{"doc": str(s), "labels": str(p), "out": str(self._p("attributes/topics", s, ".parquet")),
                   "topics_sha": topics_sha} for s, p in zip(self.shards, lab_paths)]

@@ -11,7 +11,8 @@ the corpus (``engine.name=ray``; ``pip install 'toremi[ray]'``).
 - keywords: per-shard partial counts combined by a tree of tasks; c-TF-IDF runs in the last one,
   so only the keywords reach the driver.
 - label: per cluster on the driver; the attribute files are a streaming map.
-Outputs and markers are those of the in-process engine (tests/test_annotate_ray.py).
+The per-shard work is the in-process engine's (annotate/maps.py), so outputs and markers are its
+outputs and markers (tests/test_annotate_ray.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_texts, make_embedder, save_npy, \
-    shard_valid
+from toremi import done
+from toremi.annotate.embed import EmbedConfig, embed_fingerprint, embed_texts, make_embedder, save_npy
 from toremi.annotate.keywords import KeywordsConfig, ctfidf_top, merge_counts
+from toremi.annotate.maps import assign_map, attributes_map, count_map
 from toremi.config import from_dict, to_dict
 from toremi.io import read_json
 from toremi.ray_cluster import EngineConfig, cluster_cpus, cluster_gpus, connect, fault_point, map_items, \
@@ -92,7 +94,7 @@ def embed_done_map(item: dict) -> dict:
     import pyarrow.parquet as pq
 
     rows = pq.ParquetFile(item["doc"]).metadata.num_rows
-    return {"rows": rows, "done": shard_valid(Path(item["out"]), rows, {"config": item["config"]})}
+    return {"rows": rows, "done": done.valid(Path(item["out"]), rows, {"config": item["config"]})}
 
 
 # ---------------------------------------------------------------- cluster
@@ -115,16 +117,12 @@ def _sum_assign(parts: list) -> dict | None:
 
 
 def _assign_part(item: dict) -> dict:
-    from toremi.annotate.pipeline import assign_map
-
     r = assign_map(item)
     return {"sizes": np.asarray(r["sizes"], np.int64), "sums": r["sums"]}
 
 
 # ---------------------------------------------------------------- keywords
 def _count_part(item: dict) -> dict:
-    from toremi.annotate.pipeline import count_map
-
     return count_map(item)
 
 
@@ -146,8 +144,6 @@ _TABLES: dict = {}
 
 
 def _attributes_part(item: dict) -> dict:
-    from toremi.annotate.pipeline import attributes_map
-
     if item["topics_sha"] not in _TABLES:  # the cluster -> topics table, read once per worker
         clusters = read_json(Path(item["topics_json"]))["clusters"]
         _TABLES[item["topics_sha"]] = [clusters[str(c)]["topic_ids"] for c in range(len(clusters))]

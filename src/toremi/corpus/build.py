@@ -22,11 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toremi import layout
+from toremi import done, layout
 from toremi.config import to_dict
 from toremi.integrity import locked
-from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json,
-                       sha256_json)
+from toremi.io import atomic_path, atomic_write_json, read_json, sha256_json
 
 from . import dedupe, stream
 from .sources import DOMAINS
@@ -151,22 +150,19 @@ def domain_marker(out: Path, domain: str) -> Path:
 
 def finished(out: Path, domain: str, fingerprint: str) -> dict | None:
     """The stats of a domain already built with these settings, else None."""
-    path = domain_marker(out, domain)
-    if not is_done(path):
+    info = done.read(domain_marker(out, domain))
+    if info is None:
         return None
-    info = read_json(done_marker(path))
     if info.get("fingerprint") != fingerprint:
         if info.get("fingerprint"):
             print(f"redoing domain {domain!r}: its settings or sources changed", file=sys.stderr)
         return None
-    if not all(is_done(out / s["path"]) for s in info["shards"]):
-        return None
-    from toremi.integrity import file_sha256
-
     for s in info["shards"]:  # a finished shard is reused only if its bytes are the ones written
-        if file_sha256(out / s["path"]) != s["sha256"]:
-            print(f"redoing domain {domain!r}: {out / s['path']} changed after it was written "
-                  f"(sha256 differs from its done marker)", file=sys.stderr)
+        why = done.why_redo(out / s["path"], expect={"sha256": s["sha256"]})
+        if why == "not finished":
+            return None
+        if why:
+            print(f"redoing domain {domain!r}: {out / s['path']}: {why}", file=sys.stderr)
             return None
     return info
 
@@ -180,7 +176,7 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
     reads the spill back in batches and writes the shards. Memory is bounded by the number of
     documents, never by their text (docs/ARCHITECTURE.md)."""
     t0 = time.time()
-    marker = done_marker(domain_marker(out, domain))
+    marker = done.marker(domain_marker(out, domain))
     if marker.exists():  # about to rewrite this domain's shards: its old marker no longer holds
         marker.unlink()
     counts = {"read": 0, "invalid_utf8": 0, "empty": 0, "long_split": 0, "long_skipped": 0,
@@ -280,7 +276,7 @@ def process_domain(out: Path, domain: str, docs: Iterable[dict], cfg: CorpusConf
               f"nothing could be held out without splitting it", file=sys.stderr)
     info = {"domain": domain, "fingerprint": fingerprint, "label_kind": label_kind, **stats,
             "counts": counts, "shards": shards, "seconds": round(time.time() - t0, 2)}
-    mark_done(domain_marker(out, domain), info)
+    done.mark(domain_marker(out, domain), info)
     return info
 
 
@@ -342,8 +338,8 @@ def write_derived_manifest(src: Path, out: Path, shard_sha: dict[str, str], extr
     sha256 (``shard_sha``: path relative to the corpus -> sha256) and ``extra`` manifest keys.
     Returns the manifest; None (no manifest written) when ``src`` has none."""
     for rel, h in shard_sha.items():
-        if done_marker(src / rel).exists():
-            atomic_write_json(done_marker(out / rel), {**read_json(done_marker(src / rel)), "sha256": h})
+        if done.is_done(src / rel):
+            done.mark(out / rel, {**done.read(src / rel), "sha256": h})
     if not layout.corpus_manifest(src).exists():
         return None
     manifest = read_json(layout.corpus_manifest(src))

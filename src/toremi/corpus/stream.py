@@ -16,8 +16,8 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toremi import layout
-from toremi.io import atomic_path, mark_done
+from toremi import done, layout
+from toremi.io import atomic_path
 
 BATCH_DOCS = 512
 BATCH_BYTES = 4 << 20  # a batch of text in memory at once (each pass may hold a few copies)
@@ -152,11 +152,9 @@ class ShardWriter:
             self.stack.close()  # closes the writer, then renames the temp file onto ``path``
             self.stack = self.writer = None
         self.rows, self.bytes, self.in_shard = [], 0, 0
-        mark_done(path, {"rows": n})
-        from toremi.io import read_json, done_marker
-
+        sha = done.mark(path, {"rows": n})["sha256"]
         self.shards.append({"path": str(path.relative_to(self.out)), "split": self.split,
-                            "domain": self.domain, "rows": n, "sha256": read_json(done_marker(path))["sha256"]})
+                            "domain": self.domain, "rows": n, "sha256": sha})
 
     def close(self) -> list[dict]:
         if self.in_shard or not self.shards:  # an empty split still gets one (empty) shard

@@ -4,19 +4,14 @@ new file. ``build_method(cfg, num_topics, total_steps, topic_counts)`` makes one
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING
 
-from toremi.methods.base import REGISTRY, Method, MethodConfig, method_info, register
+from toremi.methods.base import REGISTRY, Method, MethodConfig, load_methods, method_info, register
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-_NOT_METHODS = {"base", "rules"}
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in _NOT_METHODS and not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
+load_methods()
 
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from toremi.config import ConfigError, _coerce, from_dict, to_dict
@@ -58,9 +59,23 @@ def register(name: str, options: type | None = None, interval: int = 100):
     return deco
 
 
-def method_info(name: str) -> MethodInfo:
-    import toremi.methods  # noqa: F401  (imports every method module, which registers it)
+_NOT_METHODS = {"base", "rules"}
 
+
+def load_methods() -> None:
+    """Import every method module of this package (each registers its method on import); the
+    package runs it, and so does ``method_info`` for a caller that imported only this module."""
+    import importlib
+    import pkgutil
+
+    package = __name__.rpartition(".")[0]
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.name not in _NOT_METHODS and not mod.name.startswith("_"):
+            importlib.import_module(f"{package}.{mod.name}")
+
+
+def method_info(name: str) -> MethodInfo:
+    load_methods()
     if name not in REGISTRY:
         raise ConfigError(f"method.name={name!r}: unknown method; registered: {sorted(REGISTRY)}")
     return REGISTRY[name]
@@ -168,6 +183,9 @@ class Method:
 
     uses_sampling = False
     reference_run: str | None = None  # set -> the Reweighter feeds reference-model losses
+    # True: weights/probs are a function of the data and the options (not learned), so a resume on
+    # a re-annotated tokens dir keeps the state built on the new data instead of mapping the old
+    rebuilds_on_remap = False
 
     def __init__(self, cfg: MethodConfig, num_topics: int, total_steps: int,
                  topic_counts: Tensor | None = None):

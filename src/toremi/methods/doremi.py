@@ -81,7 +81,7 @@ class DoReMi(Method):
             self.reference_run = str(ref)
             self.weights = self.alpha * self.num_topics
         else:
-            self.uses_sampling = True
+            self.uses_sampling = self.rebuilds_on_remap = True  # the proxy's average: fixed
             self.proxy = ReplaySource(o.weights_from, "doremi_avg", missing_hint=(
                 " (no DoReMi averages); weights_from must be a finished proxy run "
                 "(method=doremi method.doremi.reference=REF_RUN)"), what="doremi")

@@ -29,6 +29,8 @@ class OracleOptions:
 class Oracle(Method):
     """Positive control: one chosen topic at a fixed loss weight for the whole run."""
 
+    rebuilds_on_remap = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         k = self.opts.topic

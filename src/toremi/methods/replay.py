@@ -18,7 +18,12 @@ topic sampling probabilities (normalised to sum 1, DoReMi's main-run convention 
 weights become p ∝ w). Topics absent from this run's data get 0.
 
 The source must be on the same topics (names, in order) and tokenizer as the target tokens dir,
-compared with what the source's run.json recorded; anything else is refused in one line.
+compared with what the source's run.json recorded; anything else is refused in one line. A source
+on another annotation of the same documents is read through ``remap=MAP.json`` (``toremi remap
+--old SOURCE_TOKENS --new TARGET_TOKENS --run SOURCE``): every logged vector is mapped by the
+recorded matrix (a new topic's value = the document-weighted mean of its documents' old values;
+a document the old side left unlabelled counts 1 for ``weights``, 1/K_old for a distribution,
+which ``apply`` then renormalises). The tokenizer must still be the same.
 """
 
 from __future__ import annotations
@@ -73,6 +78,21 @@ class ReplaySource:
         i = sum(f <= fraction + 1e-12 for f in self.fractions) - 1
         return max(i, 0)
 
+    def remap(self, path: str | Path) -> None:
+        """Carry every logged vector to the topic set of a ``toremi remap`` file (module doc)."""
+        from toremi.remap import load_mapping, map_vector
+
+        mapping = load_mapping(path)
+        theirs, old = self.info.get("topic_names"), mapping["old"]["topic_names"]
+        if theirs is not None and list(theirs) != list(old):
+            raise ValueError(f"{self.what}: {path} maps from {len(old)} topics, but source run {self.run} was trained "
+                             f"on {len(theirs)} other ones; remap with --run {self.run} and its tokens dir as --old")
+        unl = 1.0 if not self.is_distribution else 1.0 / max(len(old), 1)
+        self.vectors = torch.tensor([map_vector(mapping, v, unl).tolist() for v in self.vectors.tolist()],
+                                    dtype=torch.float64)
+        self.info = dict(self.info, topic_names=list(mapping["topic_names"]))
+        self.mapped_by = mapping["path"]
+
     def check(self, data_info: dict) -> None:
         """Refuse a target tokens dir on other topics or another tokenizer than the source's."""
         what = self.what
@@ -84,7 +104,8 @@ class ReplaySource:
             added, removed = sorted(set(names) - set(theirs)), sorted(set(theirs) - set(names))
             detail = f"target adds {added}, lacks {removed}" if added or removed else "same topics, other order"
             raise ValueError(f"{what}: source run {self.run} was trained on other topics than this tokens dir "
-                             f"({detail}); replay a run on the same tokens")
+                             f"({detail}); replay a run on the same tokens, or map it: `toremi remap` and "
+                             f"method.replay.remap=FILE")
         mine, src = data_info.get("tokenizer") or {}, self.info.get("tokenizer") or {}
         if mine.get("fingerprint") and src.get("fingerprint") and mine["fingerprint"] != src["fingerprint"]:
             raise ValueError(f"{what}: source run {self.run} used another tokenizer ({src.get('name')}, "
@@ -98,6 +119,7 @@ class ReplayOptions:
     mode: Literal["average", "schedule"] = "average"
     apply: Literal["loss", "sampling"] = "loss"
     field: str = "auto"                             # auto | weights | probs | doremi_avg | doremi_alpha
+    remap: Optional[str] = None                     # a `toremi remap` file: source on another topic set
 
     def __post_init__(self):
         if not self.source:
@@ -108,13 +130,18 @@ class ReplayOptions:
 class Replay(Method):
     """Another run's logged topic weights (average or schedule), as loss weights or sampling probs."""
 
+    rebuilds_on_remap = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.opts
         self.src = ReplaySource(o.source, o.field)
+        if o.remap:
+            self.src.remap(o.remap)
         if self.src.vectors.shape[1] != self.num_topics:
-            raise ValueError(f"replay: source run {o.source} has {self.src.vectors.shape[1]} topics, this "
-                             f"data has {self.num_topics}; replay a run on the same tokens")
+            raise ValueError(f"replay: source run {o.source} has {self.src.vectors.shape[1]} topics (other topics "
+                             f"than this tokens dir), this data has {self.num_topics}; replay a run on the same "
+                             f"tokens, or map it: `toremi remap` and method.replay.remap=FILE")
         self.uses_sampling = o.apply == "sampling"
         self.source_step = None
         self._apply(0.0)

@@ -26,6 +26,7 @@ class Stratified(Method):
     """Temperature sampling over topics, p_k ∝ n_k^(1/τ), fixed."""
 
     uses_sampling = True
+    rebuilds_on_remap = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -23,7 +23,7 @@ from toremi.io import atomic_write_text, read_json
 from toremi.report.figures import figures
 from toremi.report.html import render
 from toremi.runs import load_run
-from toremi.report.summary import markdown, summarize
+from toremi.report.summary import epochs_markdown, markdown, summarize
 from toremi.stage import Stage
 
 
@@ -46,7 +46,7 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
     reg = stats.regime(runs, baseline, tokens)
     lead_md = stats.headline(pair, reg) + "\n\n" + (stats.paired_markdown(pair) if pair else "")
     figs = figures(runs, summary, out, noisy, pair, (reg.get("unigram") or {}).get("val_ce"))
-    atomic_write_text(layout.report_file(out, "report.md"), f"# {title}\n\n{lead_md}\n" + markdown(summary))
+    atomic_write_text(layout.report_file(out, "report.md"), f"# {title}\n\n{lead_md}\n" + markdown(summary) + "\n" + epochs_markdown(runs))
     atomic_write_text(layout.report_file(out, "report.html"), render(runs, summary, figs, out, title, noisy, lead_md))
     return layout.report_file(out, "report.html")
 

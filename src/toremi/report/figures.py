@@ -65,6 +65,39 @@ def _topic_grid(runs, key, ylabel, title, path, noisy=None):
     plt.close(fig)
 
 
+def epochs_panel(runs: list[dict], path: Path) -> bool:
+    """Per-topic effective epochs at the end of each run (mean over seeds, one bar per method;
+    hollow marks: weight-scaled epochs of loss-weight methods; dashed: a repetition cap). Why: an
+    up-weighted small topic is repeated, and past a few epochs repetition stops helping."""
+    import matplotlib.pyplot as plt
+
+    from toremi.report.summary import epochs_by_method
+
+    ep = epochs_by_method(runs)
+    if not ep:
+        return False
+    topics = list(dict.fromkeys(t for v in ep.values() for t in v["topics"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(topics) * max(1, len(ep)) ** 0.5 + 2), 4))
+    width = 0.8 / len(ep)
+    for i, (lab, v) in enumerate(ep.items()):
+        x = np.array([topics.index(t) for t in v["topics"]]) + i * width
+        ax.bar(x, v["epochs"], width, color=f"C{i}", label=f"{lab} ({v['seeds']} seed(s))")
+        if v["weighted_epochs"] is not None:
+            ax.scatter(x, v["weighted_epochs"], marker="o", facecolors="none", edgecolors="k", s=14, zorder=3,
+                       label="weight-scaled epochs" if i == 0 or not ax.get_legend_handles_labels()[1].count(
+                           "weight-scaled epochs") else None)
+        if v["max_repetition"]:
+            ax.axhline(v["max_repetition"], color=f"C{i}", ls="--", lw=1, label=f"{lab} cap")
+    ax.set_xticks(np.arange(len(topics)) + width * (len(ep) - 1) / 2, topics, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("epochs (tokens seen / topic tokens)")
+    ax.set_title("Per-topic epochs at the end of training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def forest(pair: dict, path: Path) -> None:
     """Paired Δ NLL per domain and macro (mean ± 95% CI, one row per domain, one marker per
     method), zero marked: the figure the report leads with."""
@@ -160,6 +193,9 @@ def figures(runs: list[dict], summary: dict, out: Path, noisy: str | None,
         fig.savefig(out / "domains.png", dpi=90)
         plt.close(fig)
         made.append(("domains.png", "Per-domain perplexity across methods (error bars: 95% CI)."))
+    if epochs_panel(runs, out / "epochs.png"):
+        made.append(("epochs.png", "Per-topic epochs at the end of training (tokens seen / the topic's training "
+                                   "tokens; mean over seeds); hollow marks: weight-scaled epochs; dashed: a cap."))
     noise_runs = [r for r in runs if noisy and r["weights"]
                   and noisy in (r["info"].get("topic_names") or [])]
     if noise_runs:

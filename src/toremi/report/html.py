@@ -15,7 +15,7 @@ import jinja2
 import yaml
 
 from toremi.runs import first_per_label
-from toremi.report.summary import DIAGNOSIS_HEAD, diagnosis_rows, tables
+from toremi.report.summary import DIAGNOSIS_HEAD, EPOCHS_TITLE, diagnosis_rows, epochs_table, tables
 
 TEMPLATE = "report.html.j2"
 
@@ -67,7 +67,8 @@ def render(runs: list[dict], summary: dict, figs: list[tuple[str, str]], out: Pa
         lead=md_blocks(head_md), paired=md_blocks("### " + tables_md if tables_md else ""),
         forest=next((i for i in images if i["name"] == "forest.png"), None),
         figures=[i for i in images if i["name"] != "forest.png"],
-        tables=[(t, head, rows) for t, (head, rows) in tables(summary).items()],
+        tables=[(t, head, rows) for t, (head, rows) in tables(summary).items()]
+        + ([(EPOCHS_TITLE, *epochs_table(runs))] if epochs_table(runs) else []),
         diagnosis_head=DIAGNOSIS_HEAD, diagnoses=[(name, rows) for name, rows in diagnoses if rows],
         runs=[[r["name"], r["label"], str(r["seed"]), str(r["info"].get("status", "?")),
                str(r["info"].get("steps_done", "")), str(r["info"].get("model", {}).get("size", "")),

@@ -88,6 +88,58 @@ def markdown(summary: dict) -> str:
     return "\n".join(parts)
 
 
+def epochs_by_method(runs: list[dict]) -> dict:
+    """Per method, per topic: mean over seeds of the final effective epochs (run.json
+    ``topic_epochs``: tokens seen / the topic's tokens) and, for loss-weight methods, of the
+    weight-scaled epochs (``topic_weighted_epochs``); the cap (``max_repetition``) if set."""
+    out = {}
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rs = [r for r in runs if r["label"] == label and r["info"].get("topic_epochs") is not None]
+        if not rs:
+            continue
+        names = rs[0]["info"].get("topic_names") or [str(k) for k in range(len(rs[0]["info"]["topic_epochs"]))]
+        mean = lambda key: [float(sum(r["info"][key][k] for r in rs) / len(rs)) for k in range(len(names))] \
+            if all(r["info"].get(key) is not None for r in rs) else None
+        out[label] = {"topics": names, "epochs": mean("topic_epochs"),
+                      "weighted_epochs": mean("topic_weighted_epochs"), "seeds": len(rs),
+                      "max_repetition": rs[0]["info"].get("max_repetition")}
+    return out
+
+
+def epochs_table(runs: list[dict]) -> tuple[list[str], list[list[str]]] | None:
+    """Topics x methods: 'epochs (weight-scaled epochs)'; None when no run recorded epochs."""
+    ep = epochs_by_method(runs)
+    if not ep:
+        return None
+    labels = list(ep)
+    topics = list(dict.fromkeys(t for v in ep.values() for t in v["topics"]))
+    head = ["topic"] + [lab + (f" (cap {ep[lab]['max_repetition']:g})" if ep[lab]["max_repetition"] else "")
+                        for lab in labels]
+
+    def cell(v, t):
+        if t not in v["topics"]:
+            return "-"
+        k = v["topics"].index(t)
+        w = v["weighted_epochs"]
+        return f"{v['epochs'][k]:.2f}" + (f" ({w[k]:.2f})" if w is not None else "")
+    rows = [[t] + [cell(ep[lab], t) for lab in labels] for t in topics]
+    rows.append(["max"] + [f"{max(ep[lab]['epochs']):.2f}" for lab in labels])
+    return head, rows
+
+
+EPOCHS_TITLE = ("Per-topic epochs (tokens seen / the topic's training tokens, mean over seeds; in parentheses, "
+                "loss-weight methods: weight-scaled epochs)")
+
+
+def epochs_markdown(runs: list[dict]) -> str:
+    t = epochs_table(runs)
+    if t is None:
+        return ""
+    head, rows = t
+    return "\n".join([f"### {EPOCHS_TITLE}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
 DIAGNOSIS_HEAD = ["topic", "diagnosis", "loss level", "slope (rel. drop/update)", "Stage-1 peak / mean",
                   "final / mean", "noisy since step"]
 

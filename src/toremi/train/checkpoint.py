@@ -124,14 +124,15 @@ def check_compatible(state: dict, data_hash: str, topic_names: list[str], path: 
     """Refuse to resume on other data or another topic set, showing what differs."""
     if state["data_hash"] != data_hash:
         raise ValueError(f"cannot resume from {path}: the tokens dir changed (data hash "
-                         f"{state['data_hash'][:12]} in the checkpoint, {data_hash[:12]} now). "
-                         f"Use the original tokens dir, or a new --out to start a fresh run.")
+                         f"{state['data_hash'][:12]} in the checkpoint, {data_hash[:12]} now) and no remap "
+                         f"is given. Use the original tokens dir, a new --out, or (re-annotated documents) "
+                         f"`toremi remap` and remap=FILE.")
     old, new = list(state["topic_names"]), list(topic_names)
     if old != new:
         added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
         detail = f"added {added}, removed {removed}" if added or removed else "same topics, new order"
-        raise ValueError(f"cannot resume from {path}: the topic set changed ({detail}). "
-                         f"Use a new --out to start a fresh run.")
+        raise ValueError(f"cannot resume from {path}: the topic set changed ({detail}) and no remap is "
+                         f"given. Use a new --out, or `toremi remap` and remap=FILE.")
 
 
 # --- resuming with changed settings ---------------------------------------------------------
@@ -139,7 +140,7 @@ def check_compatible(state: dict, data_hash: str, topic_names: list[str], path: 
 # model, method, batch, seed or step budget mid-run would make the run a mix of two runs.
 APPLIED = ("optim.", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_checkpoints",
            "max_bad_steps", "compile", "dtype", "tensorboard", "wandb")
-IGNORED = ("out", "tokens_dir", "resume", "progress", "stop_at_step", "device")
+IGNORED = ("out", "tokens_dir", "resume", "progress", "stop_at_step", "device", "remap")
 
 
 def _flat(d: dict) -> dict:

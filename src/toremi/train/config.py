@@ -12,7 +12,7 @@ from toremi.model_sizes import SIZES
 
 @dataclass
 class ModelConfig:
-    size: str = "tiny"                 # tiny | small-cpu | medium-cpu | gpt2 | gpt2-medium
+    size: str = "tiny"                 # tiny | tiny-x10 | small-cpu | medium-cpu | ... (toremi.model_sizes)
     block_size: Optional[int] = None   # context; default: the tokens dir's seq_len
     dropout: float = 0.0
     pad_vocab_to: int = 64
@@ -77,6 +77,9 @@ class TrainConfig:
     # cap on any topic's effective epochs (tokens drawn / its tokens in the split); topic sampling
     # renormalises over the topics under it; a budget it cannot hold is refused before training
     max_repetition: Optional[float] = None
+    # resume on a re-annotated tokens dir: a `toremi remap` output mapping the checkpoint's topics
+    # to this tokens dir's (toremi.train.retopic); ignored when the checkpoint is on this data
+    remap: Optional[Path] = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.accum < 1:

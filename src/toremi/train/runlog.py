@@ -117,6 +117,7 @@ class RunLogger:
                 "tokens_per_step": t.tokens_per_step, "max_repetition": t.cfg.max_repetition,
                 "topic_tokens_available": t.loader.topic_available[:t.K].tolist(), "compile": t.engine.fwd is not t.engine._fwd,
                 "fused_adamw": t.engine.fused, "resumed_from": str(t.resumed_from) if t.resumed_from else None,
+                "remaps": t.remaps,
                 "warnings": self._warnings()}
 
     def info(self, msg: str) -> None:

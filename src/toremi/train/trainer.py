@@ -23,7 +23,7 @@ from toremi.config import to_dict
 from toremi.io import atomic_write_text
 from toremi.methods import rules
 from toremi.model import GPT, GPTConfig, per_sample_loss, save_hf
-from toremi.train import checkpoint, epochs
+from toremi.train import checkpoint, epochs, retopic
 from toremi.train.config import TrainConfig
 from toremi.train.distributed import Dist, all_reduce_sum, barrier
 from toremi.train.reweighter import Reweighter
@@ -93,6 +93,7 @@ class Trainer:
         self._check_cap()
         self.step, self.stop_reason = 0, None
         self.config_changes: list[dict] = []  # settings changed at resumes: [{step, changed}]
+        self.remaps: list[dict] = []  # resumes on a re-annotated tokens dir (toremi.train.retopic)
         use_compile = cfg.compile if cfg.compile is not None else self.dev.type == "cuda"
         self.engine = StepEngine(self.model, self.opt, self.sched, self.rw, cfg.optim.grad_clip,
                                  self.K, d, compile=use_compile, bf16=cfg.dtype in ("auto", "bfloat16"),
@@ -197,7 +198,7 @@ class Trainer:
                 "data_hash": self.ds.data_hash, "topic_names": self.ds.topic_names,
                 "world_size": self.d.world_size, "total_steps": self.total,
                 "method_options": self.cfg.method.options(), "model_size": self.cfg.model.size,
-                "config": to_dict(self.cfg), "config_changes": self.config_changes}
+                "config": to_dict(self.cfg), "config_changes": self.config_changes, "remaps": self.remaps}
 
     def save(self, log: RunLogger | None = None) -> Path | None:
         path = None
@@ -218,8 +219,8 @@ class Trainer:
             raise ValueError(f"{self.run_dir} already has checkpoints ({path.name}); resume=never "
                              f"refuses to overwrite it: pick a new --out or use resume=auto")
         model, st = checkpoint.load(path, self.dev)
-        checkpoint.check_compatible(st, self.ds.data_hash, self.ds.topic_names, path)
-        st = upgrade_state(st, path)
+        st = retopic.adapt(upgrade_state(st, path), self, path)  # re-annotated data: through cfg.remap
+        self.remaps = list(st.get("remaps", []))
         for key, now in (("method_options", self.cfg.method.options()), ("model_size", self.cfg.model.size)):
             old = st.get(key, now)
             if isinstance(now, dict) and st.get("upgraded_from") == 1:  # pre-registry: flat, all methods

@@ -1,11 +1,11 @@
-"""The steps of ``toremi prepare`` that both engines share, around the per-shard work.
+"""The one merge of ``toremi prepare``: finished token shards -> the files of a tokens dir.
 
-- ``plan``: which token shards can be reused (exact input fingerprint, integrity.py) and which
-  must be (re)done; ``record_shard``: a finished shard's ``.meta.json`` and done marker, written by
-  whoever did the shard (the driver in-process, the Ray task on Ray), so a rerun resumes from them.
+Whatever engine did the shards, the driver merges them here, streamed:
 - ``merge_split_streamed``: one split's per-shard indexes -> ``index-<split>.npz``, member by
   member and part by part (the held-out split's per-window domain ids excepted: the per-domain cap
   draws over them, 2 bytes a window).
+- ``write_documents``: the document ids of every shard (from its ``.meta.json``) ->
+  ``documents.parquet``, in row groups of ``ROW_GROUP`` rows (the bytes ``pq.write_table`` writes).
 - ``write_manifest``: the packed index (``packed-train/``, also streamed: one shard's arrays at a
   time), fills, data hashes and ``manifest.json``; ``write_derived_manifest``: the manifest of a
   tokens dir another stage derived from a prepared one (``toremi noise``), so that the format of
@@ -18,48 +18,20 @@ with the corpus (docs/scale.md).
 from __future__ import annotations
 
 import contextlib
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from toremi import __version__, integrity, layout
+from toremi import __version__, done, layout
 from toremi.config import to_dict
 from toremi.data import packing as packmod
-from toremi.io import (atomic_path, atomic_write_json, done_marker, is_done, mark_done, read_json, sha256_file,
-                       sha256_json)
+from toremi.io import atomic_path, atomic_write_json, read_json, sha256_json
 
 INDEX_KEYS = ("shard", "offset", "length", "bytes", "doc", "domain", "topics")
-
-
-def plan(cfg, jobs: list, out_bins: list[Path], inputs: list[dict]) -> dict[int, dict]:
-    """Job number -> meta of each token shard that can be reused as it is (the others are redone,
-    with the reason printed when an older shard is replaced)."""
-    finished = {}
-    for k, (split, _, _) in enumerate(jobs):
-        meta_path = out_bins[k].with_suffix(".meta.json")
-        meta = read_json(meta_path) if is_done(out_bins[k]) and meta_path.exists() else {}
-        why = integrity.reuse_token_shard(out_bins[k], meta, inputs[k])  # exact input match only
-        if why is None and not (cfg.packing == "none" or split != "train"
-                                or out_bins[k].with_suffix(".pack.npz").exists()):
-            why = "its packed index is missing"
-        if why is None:
-            finished[k] = meta
-        elif meta:
-            print(f"toremi prepare: redoing {out_bins[k].name}: {why}", file=sys.stderr)
-    return finished
-
-
-def record_shard(cfg, info: dict, split: str, shard: Path, out_bin: Path, inputs: dict,
-                 index_version: int) -> dict:
-    """Complete a finished shard's summary, write its ``.meta.json``, then its done marker."""
-    info.update(split=split, source=str(Path(shard).relative_to(cfg.corpus)), index_version=index_version,
-                domain=Path(shard).parent.name, path=str(out_bin.relative_to(cfg.out)), inputs=inputs,
-                idx_sha256=integrity.file_sha256(out_bin.with_suffix(".idx.npz")))
-    atomic_write_json(out_bin.with_suffix(".meta.json"), info)
-    mark_done(out_bin, {"tokens": info["tokens"]})
-    return info
+ROW_GROUP = 1 << 20  # rows per row group of documents.parquet: pyarrow's default for a whole table
 
 
 # ---------------------------------------------------------------- streamed writers
@@ -82,7 +54,7 @@ def _index_part(cfg, shard_no: int, info: dict, doc_base: int, key: str) -> np.n
 
 def merge_split_streamed(cfg, stats: list[dict], split: str) -> int:
     """``index-<split>.npz`` from the per-shard indexes (same arrays as prepare's in-memory merge,
-    the held-out per-domain cap drawn identically); returns the number of sequences."""
+    the held-out per-domain cap drawn over the whole split); returns the number of sequences."""
     doc_base = np.concatenate([[0], np.cumsum([s["documents"] for s in stats])]).astype(int)
     entries = [(no, info, int(doc_base[no])) for no, info in enumerate(stats) if info["split"] == split]
     keep = None
@@ -108,6 +80,22 @@ def merge_split_streamed(cfg, stats: list[dict], split: str) -> int:
             with zf.open(key + ".npy", "w", force_zip64=True) as f:
                 _write_npy(f, first.dtype, (n, *first.shape[1:]), chunks)
     return sum(int(e[1]["sequences"]) for e in entries)
+
+
+def write_documents(cfg, stats: list[dict]) -> None:
+    """``documents.parquet``: every shard's document ids in shard order (global document id = row),
+    read from the shards' ``.meta.json`` and written in full row groups as they fill up."""
+    schema = pa.schema([("id", pa.string())])
+    with atomic_path(layout.tokens_documents(cfg.out)) as tmp, pq.ParquetWriter(tmp, schema) as w:
+        ids, groups = pa.array([], pa.string()), 0
+        for s in stats:
+            more = read_json(cfg.out / Path(s["path"]).with_suffix(".meta.json"))["doc_ids"]
+            ids = pa.concat_arrays([ids, pa.array(more, pa.string())])
+            while len(ids) >= ROW_GROUP:
+                w.write_table(pa.table({"id": ids[:ROW_GROUP]}, schema=schema))
+                ids, groups = ids[ROW_GROUP:], groups + 1
+        if len(ids) or not groups:
+            w.write_table(pa.table({"id": ids}, schema=schema))
 
 
 # ---------------------------------------------------------------- packed index and manifest
@@ -160,7 +148,7 @@ def _merge_packed(cfg, stats: list[dict], domains: list[str]) -> tuple[dict, np.
                 if key in width and v.shape[1] < width[key]:
                     v = np.concatenate([v, np.full((len(v), width[key] - v.shape[1]), -1, v.dtype)], 1)
                 files[key].write(np.ascontiguousarray(v, dtype=np.int64 if key == "seg_ptr" else dtypes[key]).tobytes())
-    hashes = {key: sha256_file(out_dir / f"{key}.npy") for key in keys}
+    hashes = {key: done.file_sha256(out_dir / f"{key}.npy") for key in keys}
     doc_domain = np.load(out_dir / "doc_domain.npy", mmap_mode="r")
     seg_doc = np.load(out_dir / "seg_doc.npy", mmap_mode="r")
     seg_len = np.load(out_dir / "seg_len.npy", mmap_mode="r")
@@ -207,7 +195,7 @@ def write_manifest(cfg, tok, stats: list[dict], shard_sha: list[str], domains: l
                                                 "dev": dict(documents=0, tokens=0, bytes=0)})
         for key in ("documents", "tokens", "bytes"):
             d[s["split"]][key] += s[key]
-    index_hashes = {split: sha256_file(layout.tokens_index(cfg.out, split)) for split in ("train", "dev")}
+    index_hashes = {split: done.file_sha256(layout.tokens_index(cfg.out, split)) for split in ("train", "dev")}
     data_hash = sha256_json([[s["sha256"] for s in shards], index_hashes, topics.names, tok.fingerprint, cfg.seq_len])
     manifest = {
         "format": "toremi.tokens/1", "toremi_version": __version__,
@@ -231,9 +219,9 @@ def write_derived_manifest(manifest: dict, out: Path, noise: dict, rewritten: li
     if rewritten is not None:
         for s in rewritten:
             dest = out / manifest["shards"][s]["path"]
-            manifest["shards"][s]["sha256"] = sha256_file(dest)
-            if done_marker(dest).exists():
-                mark_done(dest, {**read_json(done_marker(dest)), "sha256": manifest["shards"][s]["sha256"]})
+            manifest["shards"][s]["sha256"] = done.file_sha256(dest)
+            if done.is_done(dest):
+                done.mark(dest, {**done.read(dest), "sha256": manifest["shards"][s]["sha256"]})
         manifest["data_hash"] = sha256_json([manifest.get("data_hash"), noise])
     atomic_write_json(layout.tokens_manifest(out), manifest)
     return manifest
