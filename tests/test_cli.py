@@ -100,7 +100,7 @@ def test_every_stage_help_lists_every_key(capsys):
 
     stages = stage_objects()
     assert {"corpus build", "corpus ingest", "annotate", "prepare", "train", "eval", "experiment", "remap",
-            "noise", "report", "demo"} <= set(stages)
+            "noise", "report", "demo", "transfer"} <= set(stages)
     for name, stage in stages.items():
         assert main([*name.split(), "--help"]) == 0
         text = capsys.readouterr().out
@@ -191,6 +191,9 @@ def test_a_second_writer_of_any_stage_is_refused(tmp_path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({"out": str(d), "tokens": str(src), "seeds": [1],
                                    "methods": [{"name": "uniform", "train": {"method.name": "uniform"}}]}))
+    scales = tmp_path / "transfer.yaml"
+    scales.write_text(yaml.safe_dump({"out": str(d), "scales": [{"name": "a", "dir": str(src)},
+                                                                {"name": "b", "dir": str(src)}]}))
     commands = {
         "corpus build": ["corpus", "build", "--out", d, "--domains", "news"],
         "corpus ingest": ["corpus", "ingest", "--input", src / "in.jsonl", "--out", d],
@@ -203,6 +206,7 @@ def test_a_second_writer_of_any_stage_is_refused(tmp_path):
         "noise": ["noise", "--corpus", src, "--out", d],
         "report": ["report", "--runs", src / "run", "--out", d],
         "demo": ["demo", f"out={d}"],
+        "transfer": ["transfer", "--config", scales],
     }
     assert set(commands) == set(stage_objects())  # a new stage must be added here
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(d)], stdout=subprocess.PIPE, text=True)
@@ -237,3 +241,24 @@ def test_the_lock_is_reentrant_in_a_process_and_released_after(tmp_path):
                             "hold_lock(sys.argv[1], 'other')", str(d)], capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr
     assert issubclass(LockHeld, RuntimeError)
+
+
+def test_a_refused_stage_leaves_no_output_dir(tmp_path):
+    """The entry's lock makes the output dir; a stage that refuses (exit 2 or an error) before
+    writing anything removes it again, so a typo does not leave empty dirs behind."""
+    import dataclasses
+
+    from toremi.stage import Stage
+
+    @dataclasses.dataclass
+    class Cfg:
+        out: str = "o"
+
+    stage = Stage("x", Cfg, lock=lambda cfg: tmp_path / cfg.out)
+    assert stage.run([], lambda cfg: 2) == 2 and not (tmp_path / "o").exists()
+    with pytest.raises(ValueError):
+        stage.run([], lambda cfg: (_ for _ in ()).throw(ValueError("refused")))
+    assert not (tmp_path / "o").exists()
+    assert stage.run([], lambda cfg: (tmp_path / "o" / "x").write_text("1") and 2) == 2
+    assert (tmp_path / "o" / "x").exists()  # something was written: kept
+    assert stage.run(["out=p"], lambda cfg: 0) == 0 and (tmp_path / "p").is_dir()

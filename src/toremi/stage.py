@@ -89,8 +89,27 @@ class Stage:
         where = self.lock(cfg)
         if where is None:
             return int(body(cfg) or 0)
-        with DirLock(Path(where), self.name):
-            return int(body(cfg) or 0)
+        where = Path(where)
+        fresh, ok = not where.exists(), False
+        with DirLock(where, self.name):
+            try:
+                rc = int(body(cfg) or 0)
+                ok = rc == 0
+                return rc
+            finally:
+                if fresh and not ok:  # a refused stage leaves no output dir behind (only its lock)
+                    _remove_if_only_lock(where)
+
+
+def _remove_if_only_lock(directory: Path) -> None:
+    from toremi.integrity import LOCK_NAME
+
+    try:
+        if [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            (directory / LOCK_NAME).unlink()  # still held: a newcomer locks a new file
+            directory.rmdir()
+    except OSError:  # someone else is writing there now: leave it
+        pass
 
 
 # --- the keys of a dataclass -----------------------------------------------------------------------
@@ -310,8 +329,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def _metavar(tp: Any) -> str:
     if literal_choices(tp):
         return "X"
-    name = type_name(tp).split("|")[0]
-    return "YAML" if name.startswith(("list[", "mapping")) or name[:1].isupper() else name.upper()
+    names = type_name(tp).split("|")
+    if "str" in names:  # `Section | str`: the short form (engine=ray)
+        return "STR"
+    return "YAML" if names[0].startswith(("list[", "mapping")) or names[0][:1].isupper() else names[0].upper()
 
 
 def command_line_overrides(stage: Stage, args: argparse.Namespace, lead: list[str]) -> list[str]:
