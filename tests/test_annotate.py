@@ -107,10 +107,10 @@ def test_cli_steps_one_by_one_and_errors(tmp_path, capsys):
     corpus, _ = small_corpus(tmp_path / "c", per_topic=4, shard_rows=50)
     out = tmp_path / "ann"
     assert cli.main(["cluster", "--corpus", str(corpus), "--out", str(out)]) == 2
-    assert "run `toremi annotate embed` first" in capsys.readouterr().out
+    assert "run `toremi annotate embed` first" in capsys.readouterr().err
     assert cli.main(["embed", "--corpus", str(corpus), "--out", str(out), "progress=false"]) == 0
     assert cli.main(["cluster", "--corpus", str(corpus), "--out", str(out), "cluster.k=500"]) == 2
-    assert "lower cluster.k" in capsys.readouterr().out
+    assert "lower cluster.k" in capsys.readouterr().err
     for step in ("cluster", "keywords", "label"):
         assert cli.main([step, "--corpus", str(corpus), "--out", str(out), "cluster.k=3", "progress=false"]) == 0
     assert "documents" in capsys.readouterr().out  # the per-topic summary is printed

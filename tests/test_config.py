@@ -38,3 +38,28 @@ def test_errors_name_the_key():
         load_config(Outer, None, ["steps=ten"])
     with pytest.raises(ConfigError, match="must look like"):
         load_config(Outer, None, ["steps"])
+
+
+@dataclass
+class Documented:
+    plain: int = 1
+    trailing: float = 0.5  # a trailing comment
+    # a comment above,
+    # on two lines
+    above: str = "x"  # and one after
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_help_reads_the_field_comments_and_types():
+    """toremi.stage reads each field's comments from the source once; keys nest as dotted names."""
+    from toremi.stage import field_docs, schema, type_name
+
+    assert field_docs(Documented) == {"trailing": "a trailing comment",
+                                      "above": "a comment above, on two lines and one after"}
+    keys = {k.name: k for k in schema(Documented)}
+    assert list(keys) == ["plain", "trailing", "above", "inner.lr", "inner.betas"]
+    assert keys["inner.betas"].default == [0.9, 0.95] and type_name(keys["inner.betas"].type) == "list[float]"
+    assert type_name(keys["trailing"].type) == "float" and keys["plain"].doc == ""
+    from typing import Literal, Optional
+
+    assert type_name(Optional[Literal["a", "b"]]) == "{a,b}|None" and type_name(Path) == "path"

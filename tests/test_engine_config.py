@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 import pytest
 import torch
@@ -107,7 +108,7 @@ def test_python_dash_m_toremi():
     assert out.returncode == 0 and out.stdout.strip() == toremi.__version__
 
 
-# --- configs validated before any work (issue 9 item 5) ----------------------------------------
+# --- configs validated before any work ---------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -194,32 +195,39 @@ def test_method_options_validate_without_torch_and_methods_still_run():
 
 
 # --- one path from CLI flags to overrides --------------------------------------------------------
-def test_flags_to_overrides():
-    from argparse import Namespace
+@dataclass
+class FlagsConfig:
+    corpus: Optional[str] = None
+    out: Optional[str] = None
+    seq_len: int = 8
+    tokenizer: str = "gpt2"
+    resume: Literal["auto", "must", "never"] = "auto"
+    allow_partial: bool = False
+    tokens_dir: Optional[str] = None
+    method: str = "x"
 
-    from toremi.config import flags_to_overrides
 
-    args = Namespace(corpus="c", out=None, seq_len=64, resume=False, allow_partial=True,
-                     overrides=["tokenizer=bpe:512", "model=gpt2"])
-    # None / False flags are not overrides; flags first, then the positional items
-    assert flags_to_overrides(args, ("corpus", "out", "seq_len", "resume", "allow_partial")) == [
-        "corpus=c", "seq_len=64", "allow_partial=true", "tokenizer=bpe:512", "model=gpt2"]
-    # renamed destinations, a store_true flag with a fixed value, shorthands for positional keys
-    args = Namespace(tokens="T", out="O", resume=True, overrides=["method=toremi", "steps=5"])
-    got = flags_to_overrides(args, {"tokens": "tokens_dir", "out": "out", "resume": "resume=must"},
-                             shorthands={"method": "method.name"})
-    assert got == ["tokens_dir=T", "out=O", "resume=must", "method.name=toremi", "steps=5"]
+def test_command_line_overrides():
+    """toremi.stage: options and key=value items become overrides in one place, with one refusal."""
+    from toremi.stage import Stage
+
+    st = Stage("t", FlagsConfig, lock=lambda cfg: None, aliases={"--tokens": "tokens_dir", "--resume": "resume=must"},
+               shorthands={"m": "method"})
+    cfg = st.parse(["--corpus", "c", "--seq-len", "64", "--allow-partial", "tokenizer=bpe:512", "m=toremi"])
+    assert (cfg.corpus, cfg.out, cfg.seq_len, cfg.allow_partial, cfg.tokenizer, cfg.method) == \
+        ("c", None, 64, True, "bpe:512", "toremi")
+    cfg = st.parse(["--tokens", "T", "--resume"])
+    assert (cfg.tokens_dir, cfg.resume) == ("T", "must")
     # the same key both ways: refused with both spellings, unless the values agree
     with pytest.raises(ConfigError, match=r"seq_len is given twice, as --seq-len 64 and as seq_len=128"):
-        flags_to_overrides(Namespace(seq_len=64, overrides=["seq_len=128"]), ("seq_len",))
+        st.parse(["--seq-len", "64", "seq_len=128"])
     with pytest.raises(ConfigError, match=r"resume is given twice, as --resume and as resume=never"):
-        flags_to_overrides(Namespace(resume=True, overrides=["resume=never"]), {"resume": "resume=must"})
-    assert flags_to_overrides(Namespace(seq_len=64, overrides=["seq_len=64"]), ("seq_len",)) == [
-        "seq_len=64", "seq_len=64"]
+        st.parse(["--resume", "resume=never"])
+    assert st.parse(["--seq-len", "64", "seq_len=64"]).seq_len == 64
 
 
 def test_stage_clis_share_the_flag_path(tmp_path):
-    """train/prepare/eval parse their flags through flags_to_overrides (same refusal everywhere)."""
+    """train/prepare/eval parse their flags through toremi.stage (same refusal everywhere)."""
     from toremi.train.cli import parse
 
     cfg = parse(["--tokens", "T", "--out", "O", "--resume", "method=toremi", "preset=authors"])

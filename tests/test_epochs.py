@@ -1,4 +1,4 @@
-"""Per-topic epoch accounting and the repetition cap (issue 18, part 1).
+"""Per-topic epoch accounting and the repetition cap.
 
 The counters are checked against a hand count of the sequences the step engine actually trained
 on; the cap against the loader's draws; the refusal through the CLI (exit 2, one line, no run

@@ -1,4 +1,4 @@
-"""Evidence protocol (design §8): paired statistics, the controls, and the method fixes of issue 11.
+"""Evidence protocol (docs/eval.md): paired statistics, the controls, and the method fixes.
 
 The negative control and the A/A pair train real tiny runs; the statistics are checked on run
 records with hand-computed differences."""

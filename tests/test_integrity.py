@@ -1,4 +1,4 @@
-"""Data you can trust (issue 8): safe checkpoints, exit codes, locks, verified hashes, resume changes.
+"""Data you can trust: safe checkpoints, exit codes, locks, verified hashes, resume changes.
 
 Every case builds the bad situation for real (a planted pickle, a real signal, two real processes,
 a flipped byte) and checks the one-line message, the exit code, and that a correct rerun gives

@@ -128,15 +128,39 @@ def test_layout_names_what_the_stages_write(tiny_corpus, tiny_tokens, tmp_path):
 
 HAND_BUILT = re.compile(
     r'/ *(f?"(manifest\.json|run\.json|eval\.json|weights\.jsonl|metrics\.jsonl|config\.yaml|final|annotations|'
-    r'topics\.json|attributes|embeddings|checkpoints|documents|eval|runs|noise\.json|documents\.parquet)"'
-    r'|f"index-|f"packed-|"packed-train"|"index-(train|val)\.npz")'
+    r'topics\.json|attributes|embeddings|checkpoints|documents|eval|runs|noise\.json|documents\.parquet|'
+    # annotate, prepare, the run logger, experiment, noise and report (issue: "no stage builds paths")
+    r'clusters|keywords\.json|llm_cache\.jsonl|shards|prepare\.yaml|tokenizer\.spec|ranks|tb|'
+    r'tokens-noisy|results\.json|results\.md|experiment\.yaml|report|report\.html|report\.md|noise_ids\.txt|'
+    r'final\.sha256|corpus)"'
+    r'|f"index-|f"packed-|"packed-train"|"index-(train|val)\.npz"|f"shard-|f"rank-|f"\{split\}-)'
     r'|parents\[\d\]')
+
+
+def hand_built(text: str) -> list[str]:
+    return [f"{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1) if HAND_BUILT.search(line)]
 
 
 def test_no_stage_builds_layout_paths_by_hand():
     """Only toremi.layout joins the names of the stage directories (and guesses no repo root)."""
     src = SRC / "toremi"
-    hits = [f"{p.relative_to(src)}:{i}: {line.strip()}"
-            for p in sorted(src.rglob("*.py")) if p.name != "layout.py"
-            for i, line in enumerate(p.read_text().splitlines(), 1) if HAND_BUILT.search(line)]
+    hits = [f"{p.relative_to(src)}:{hit}" for p in sorted(src.rglob("*.py")) if p.name != "layout.py"
+            for hit in hand_built(p.read_text())]
     assert hits == []
+
+
+def test_the_guard_catches_what_the_stages_used_to_write():
+    """The lines annotate, prepare, the run logger and experiment had before they asked layout."""
+    before = """
+        cpath = self.out / "clusters" / "centroids.npy"
+        kpath = self.out / "keywords.json"
+        save_config(cfg, cfg.out / "prepare.yaml")
+        out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k in ks]
+        self.rank_path = run / "ranks" / f"rank-{trainer.d.rank}.jsonl"
+        self.tb = SummaryWriter(str(run / "tb"))
+        ncfg = {"out": str(Path(cfg.out) / "tokens-noisy")}
+        atomic_write_json(out / "results.json", result)
+        path = report(dirs, out / "report", title)
+    """
+    assert len(hand_built(before)) == 9
+    assert hand_built("cpath = layout.clusters_file(self.out, 'centroids.npy')") == []

@@ -98,7 +98,7 @@ def test_an_empty_training_shard_prepares_packed_and_trains(tiny_corpus, tmp_pat
 def _files(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
             if p.is_file() and p.name not in ("manifest.json", "prepare.yaml", ".toremi.lock")
-            and not p.name.endswith(".meta.json")}  # per-shard meta gained input fingerprints (issue 8)
+            and not p.name.endswith(".meta.json")}  # per-shard meta gained input fingerprints
 
 
 def test_packing_none_matches_packing_docs_but_for_the_packed_index(tiny_corpus, tmp_path):

@@ -56,3 +56,14 @@ def test_on_a_terminal_a_tqdm_bar():
     finally:
         os.close(leader)
         os.close(follower)
+
+
+def test_no_stage_draws_its_own_bar():
+    """Every progress bar goes through toremi.progress (tqdm only on a terminal): a module that
+    imports tqdm itself would fill a log file with carriage-return redraws again."""
+    import pathlib
+
+    src = pathlib.Path(__file__).resolve().parents[1] / "src" / "toremi"
+    direct = [str(p.relative_to(src)) for p in src.rglob("*.py") if p.name != "progress.py"
+              and re.search(r"^\s*(from tqdm|import tqdm)", p.read_text(), re.M)]
+    assert direct == []

@@ -1,4 +1,4 @@
-"""Replaying another run's weights (issue 18, part 2): average and schedule, as loss weights or as
+"""Replaying another run's weights: average and schedule, as loss weights or as
 sampling probabilities, checked where they act (the step's loss weights, the loader's
 probabilities), and the refusal of a source on other topics or another tokenizer."""
 

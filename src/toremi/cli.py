@@ -20,14 +20,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 STAGES = {
     "corpus": ("toremi.corpus.cli", "build the multi-domain corpus or ingest your own"),
     "annotate": ("toremi.annotate.cli", "embed, cluster, extract keywords and label topics"),
-    "prepare": ("toremi.prepare", "tokenize documents into memory-mapped token shards"),
+    "prepare": ("toremi.prepare.driver", "tokenize documents into memory-mapped token shards"),
     "train": ("toremi.train.cli", "pre-train a GPT-2 with a data-mixing method"),
     "eval": ("toremi.evaluate.cli", "per-domain perplexity and downstream accuracy"),
     "experiment": ("toremi.experiment", "grid of methods x seeds, evaluated and tabulated"),
     "remap": ("toremi.remap", "carry per-topic weights of a run over to a new topic set"),
     "transfer": ("toremi.transfer", "does a method ranking at one model scale hold at another?"),
     "noise": ("toremi.noise", "corrupt one topic of the training data (noise experiment)"),
-    "report": ("toremi.report", "HTML report and PNG plots from runs and evaluations"),
+    "report": ("toremi.report.cli", "HTML report and PNG plots from runs and evaluations"),
     "demo": ("toremi.demo", "the whole pipeline on a small slice of the shipped corpus"),
 }
 
@@ -69,7 +69,12 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a stage; a reader that closes stdout early (``| head``) ends it quietly."""
     try:
-        rc = _dispatch(argv)
+        try:
+            rc = _dispatch(argv)
+        except SystemExit as exc:  # argparse's --help or usage error: flushed below like any output
+            if not isinstance(exc.code, (int, type(None))):
+                raise
+            rc = exc.code or 0
         sys.stdout.flush()  # inside the try: a failed flush at interpreter exit would print a warning
         return rc
     except BrokenPipeError:

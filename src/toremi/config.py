@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -107,6 +107,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(
             f"unknown config key(s) {[prefix + u for u in unknown]}; "
             f"valid keys here: {sorted(prefix + n for n in names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        hint = f" (--{missing[0].replace('_', '-')} VALUE or {missing[0]}=VALUE)" if not prefix else ""
+        raise ConfigError(f"missing required key(s) {[prefix + m for m in missing]}{hint}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
@@ -171,45 +176,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, value = item.split("=", 1)
         set_dotted(data, key, value, what=f"override {item!r}")
     return data
-
-
-def flags_to_overrides(args: Any, keys: Iterable[str] | dict[str, str],
-                       overrides: Iterable[str] | None = None,
-                       shorthands: dict[str, str] | None = None) -> list[str]:
-    """The one path from a stage's command line to ``load_config`` overrides.
-
-    ``keys``: the argparse destinations that are config keys (``--seq-len`` -> ``seq_len``), or a
-    mapping destination -> config key (``{"tokens": "tokens_dir"}``) or, for a ``store_true``
-    flag, -> ``key=value`` (``{"resume": "resume=must"}``). A flag left at None (or a
-    ``store_true`` flag left False) is not an override. ``overrides``: the positional
-    ``key.sub=value`` items (default ``args.overrides``); ``shorthands`` rename their keys
-    (``method=x`` -> ``method.name=x``). A key given both as a flag and as ``key=value`` with
-    different values is refused rather than silently resolved."""
-    keys = keys if isinstance(keys, dict) else {k: k for k in keys}
-    positional = list((getattr(args, "overrides", None) or []) if overrides is None else overrides)
-    out, given = [], {}
-    for item in positional:
-        key, eq, value = item.partition("=")
-        key = (shorthands or {}).get(key.strip(), key.strip())
-        if eq:
-            given[key] = value
-        out.append(f"{key}{eq}{value}")
-    flags = []
-    for dest, key in keys.items():
-        value = getattr(args, dest)
-        if value is None or value is False:
-            continue
-        flag = "--" + dest.replace("_", "-")
-        if value is True:
-            key, _, value = key.partition("=")
-            value = value or "true"
-        else:
-            value = str(value)
-            flag = f"{flag} {value}"
-        if key in given and given[key] != value:
-            raise ConfigError(f"{key} is given twice, as {flag} and as {key}={given[key]}; keep one")
-        flags.append(f"{key}={value}")
-    return flags + out
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,

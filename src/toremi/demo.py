@@ -13,12 +13,12 @@ Override any setting as on the experiment CLI, e.g. ``toremi demo train.steps=10
 
 from __future__ import annotations
 
-import argparse
-import copy
 import time
 from pathlib import Path
 
-from toremi.config import apply_overrides, from_dict, load_config
+from toremi import layout
+from toremi.experiment import ExperimentConfig
+from toremi.stage import Stage
 
 DEMO = {
     "name": "demo",
@@ -46,18 +46,18 @@ DEMO = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from toremi.experiment import ExperimentConfig, run_experiment
+# --config FILE replaces the built-in grid (it is not merged into it)
+STAGE = Stage("demo", ExperimentConfig, lock=lambda cfg: cfg.out, doc=__doc__, defaults=DEMO,
+              config_replaces_defaults=True)
 
-    parser = argparse.ArgumentParser(prog="toremi demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="an experiment YAML to use instead of the built-in demo")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    if args.config:
-        cfg = load_config(ExperimentConfig, args.config, args.overrides)
-    else:
-        cfg = from_dict(ExperimentConfig, apply_overrides(copy.deepcopy(DEMO), args.overrides))
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.run(argv, _demo)
+
+
+def _demo(cfg) -> int:
+    from toremi.experiment import run_experiment
+
     t0 = time.time()
     result = run_experiment(cfg)
     minutes = (time.time() - t0) / 60
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntoremi demo: finished in {minutes:.1f} min\n")
     print(result["headline"].replace("**", ""))
     print()
-    print(f"  headline table : {out / 'results.md'}")
-    print(f"  report         : {(out / 'report' / 'report.html').resolve()}")
+    print(f"  headline table : {layout.experiment_file(out, 'results.md')}")
+    print(f"  report         : {layout.report_file(layout.experiment_report(out), 'report.html').resolve()}")
     print(f"  runs           : {', '.join(r['dir'] for r in result['runs'])}")
     return 0

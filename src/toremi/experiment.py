@@ -14,7 +14,7 @@ Writes ``<out>/results.json``, ``<out>/results.md`` and (``report: true``) ``<ou
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,10 @@ from typing import Any
 import yaml
 
 from toremi import done, layout
-from toremi.config import ConfigError, flatten, from_dict, load_config, to_dict, unflatten
+from toremi.integrity import DirLock
+from toremi.config import ConfigError, flatten, from_dict, to_dict, unflatten
 from toremi.io import atomic_write_json, atomic_write_text, read_json
+from toremi.stage import Stage
 
 BUDGET_KEYS = ("steps", "tokens", "batch_size", "accum", "tokens_dir", "out", "seed")
 
@@ -125,7 +127,9 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
         if corpus is None:
             raise ConfigError("pipeline.annotate needs a corpus (pipeline.corpus or corpus:)")
         log(f"experiment: annotate {corpus}")
-        Annotator(corpus, None, from_dict(AnnotateConfig, p.annotate, "pipeline.annotate.")).run()
+        ann = Annotator(corpus, None, from_dict(AnnotateConfig, p.annotate, "pipeline.annotate."))
+        with DirLock(ann.out, "annotate"):  # the other stages called here lock in their functions
+            ann.run()
     tokens = Path(cfg.tokens) if cfg.tokens else None
     if p.prepare is not None:
         from toremi.prepare import PrepareConfig, prepare
@@ -140,7 +144,7 @@ def run_pipeline(cfg: ExperimentConfig, log=print) -> tuple[Path | None, Path | 
 
         if tokens is None:
             raise ConfigError("pipeline.noise needs prepared tokens (pipeline.prepare or tokens:)")
-        ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(Path(cfg.out) / "tokens-noisy"),
+        ncfg = from_dict(NoiseConfig, {"tokens": str(tokens), "out": str(layout.experiment_noisy_tokens(cfg.out)),
                                        **p.noise}, "pipeline.noise.")
         done = layout.noise_record(ncfg.out)
         same = ("topic", "kind", "fraction", "seed")
@@ -187,7 +191,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(layout.experiment_file(out, "experiment.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
     corpus, tokens = run_pipeline(cfg, log)
     if tokens is None:
         raise ConfigError("no training data: set `tokens:` or a pipeline.prepare section")
@@ -230,11 +234,11 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     result, md = tabulate(runs, cfg.name, cfg.baseline, tokens, uni, (), declared_keys(to_dict(cfg)),
                           cfg.noise_topic)
     result.update(tokens=str(tokens), corpus=str(corpus) if corpus else None, config=to_dict(cfg))
-    atomic_write_json(out / "results.json", result)
-    atomic_write_text(out / "results.md", md)
+    atomic_write_json(layout.experiment_file(out, "results.json"), result)
+    atomic_write_text(layout.experiment_file(out, "results.md"), md)
     print(md)
     if cfg.report:
-        path = report([Path(e["dir"]) for e in entries], out / "report", f"toremi experiment {cfg.name}",
+        path = report([Path(e["dir"]) for e in entries], layout.experiment_report(out), f"toremi experiment {cfg.name}",
                       {e["dir"]: e["label"] for e in entries}, cfg.noise_topic, cfg.baseline)
         log(f"experiment: report {path}")
     return result
@@ -278,18 +282,19 @@ def stale_eval(run_dir: Path, ecfg) -> str | None:
     return f"eval settings changed: {why}" if why else None
 
 
+STAGE = Stage("experiment", ExperimentConfig, lock=lambda cfg: cfg.out, doc=__doc__, config_required=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="toremi experiment", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="experiment YAML (see configs/quality.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. seeds=[1] out=runs/x")
-    args = ap.parse_args(argv)
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)  # every section, before any work
+    return STAGE.run(argv, _experiment)  # every section validated before any work
+
+
+def _experiment(cfg: ExperimentConfig) -> int:
     from toremi import stats
 
     try:
         run_experiment(cfg)
     except (FileNotFoundError, RuntimeError, stats.EvidenceError) as exc:
-        print(f"toremi experiment: {exc}")
+        print(f"toremi experiment: {exc}", file=sys.stderr)
         return 2
     return 0

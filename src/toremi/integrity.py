@@ -38,18 +38,30 @@ class IntegrityError(ValueError):
 
 # --- one writer per directory ---------------------------------------------------------------
 class DirLock:
-    """Holds ``fcntl.flock`` on ``<dir>/.toremi.lock`` until released or the process exits."""
+    """Holds ``fcntl.flock`` on ``<dir>/.toremi.lock`` until released or the process exits.
+
+    Re-entrant within a process: a stage entry locks its output dir and the library function it
+    calls (``prepare``, ``build``) locks it again; the inner lock shares the outer one's hold (two
+    flocks of one file from one process would refuse each other)."""
+
+    _held: dict[str, list] = {}  # realpath -> [fd, holders] (this process)
 
     def __init__(self, directory: Path, stage: str):
         self.dir, self.stage = Path(directory), stage
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / LOCK_NAME
+        self.key = os.path.realpath(self.path)
+        if self.key in DirLock._held:
+            DirLock._held[self.key][1] += 1
+            self.fd = DirLock._held[self.key][0]
+            return
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
             os.close(self.fd)
+            self.fd = None
             try:
                 h = json.loads(holder)
                 who = f"`toremi {h.get('stage')}` (PID {h.get('pid')} on {h.get('host')}, since {h.get('since')})"
@@ -61,12 +73,20 @@ class DirLock:
                            "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, info.encode(), 0)
+        DirLock._held[self.key] = [self.fd, 1]
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.fd is None:
+            return
+        self.fd = None
+        held = DirLock._held.get(self.key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del DirLock._held[self.key]
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
 
     def __enter__(self) -> "DirLock":
         return self

@@ -78,6 +78,11 @@ def corpus_documents(corpus: str | Path, split: str = "train", domain: str | Non
     return root / domain if domain else root
 
 
+def corpus_shard(corpus: str | Path, split: str, domain: str, index: int) -> Path:
+    """One document shard: ``<split folder>/<domain>/shard-00000.parquet``."""
+    return corpus_documents(corpus, split, domain) / f"shard-{index:05d}.parquet"
+
+
 def corpus_manifest(corpus: str | Path) -> Path:
     """Written last by a corpus build or ingest: present only when the corpus is complete."""
     return Path(corpus) / "manifest.json"
@@ -106,6 +111,28 @@ def annotation_manifest(annotations: str | Path) -> Path:
     return Path(annotations) / "manifest.json"
 
 
+def annotation_shard_file(annotations: str | Path, kind: str, shard: str | Path, ext: str) -> Path:
+    """A per-shard output of a step: ``<kind>/<domain>/<shard stem><ext>`` (``embeddings``, ``clusters``,
+    ``attributes/topics``), named after the document shard it comes from."""
+    shard = Path(shard)
+    return Path(annotations) / kind / shard.parent.name / (shard.stem + ext)
+
+
+def clusters_file(annotations: str | Path, name: str) -> Path:
+    """A grid-level output of ``cluster``: ``clusters/centroids.npy``, ``center.npy``,
+    ``member_means.npy``, ``stats.json``."""
+    return Path(annotations) / "clusters" / name
+
+
+def keywords_json(annotations: str | Path) -> Path:
+    return Path(annotations) / "keywords.json"
+
+
+def llm_cache(annotations: str | Path) -> Path:
+    """Answers of the LLM labeller, so a rerun asks only what it has not asked."""
+    return Path(annotations) / "llm_cache.jsonl"
+
+
 # --- prepared tokens dir -------------------------------------------------------------------------
 def tokens_manifest(tokens: str | Path) -> Path:
     """Written last by ``toremi prepare``: a tokens dir without it is unfinished."""
@@ -132,9 +159,34 @@ def tokens_packed(tokens: str | Path, split: str = "train") -> Path:
     return Path(tokens) / f"packed-{split}"
 
 
+def tokens_shard(tokens: str | Path, split: str, index: int) -> Path:
+    """One token shard (``shards/train-00000.bin``), beside its index part and done marker."""
+    return Path(tokens) / "shards" / f"{split}-{index:05d}.bin"
+
+
+def tokens_config(tokens: str | Path) -> Path:
+    """``prepare.yaml``: the PrepareConfig the tokens were made with."""
+    return Path(tokens) / "prepare.yaml"
+
+
+def tokens_tokenizer_spec(tokens: str | Path) -> Path:
+    """The tokenizer spec (``gpt2``, ``bpe:N``, a path) a trained tokenizer.json was made for."""
+    return Path(tokens) / "tokenizer.spec"
+
+
 def noise_record(data: str | Path) -> Path:
     """``noise.json`` of a corpus or tokens dir written by ``toremi noise``: what was corrupted."""
     return Path(data) / "noise.json"
+
+
+def noise_ids(data: str | Path) -> Path:
+    """The ids of the corrupted documents (one per line) of a noisy corpus."""
+    return Path(data) / "noise_ids.txt"
+
+
+def noise_corpus(tokens: str | Path) -> Path:
+    """The corrupted corpus a text-noise tokens dir was prepared from (``<tokens>/corpus``)."""
+    return Path(tokens) / "corpus"
 
 
 # --- run dir -------------------------------------------------------------------------------------
@@ -146,6 +198,25 @@ def run_final(run: str | Path) -> Path:
 def run_final_marker(run: str | Path) -> Path:
     """Written last into ``final/``: the model is complete."""
     return run_final(run) / "config.json"
+
+
+def hf_tokenizer(model_dir: str | Path) -> Path:
+    """``tokenizer.json`` beside an HF-format model (a run's ``final/`` or any model folder)."""
+    return Path(model_dir) / "tokenizer.json"
+
+
+def hf_config(model_dir: str | Path) -> Path:
+    """``config.json`` of an HF-format model: written last, so its presence means complete."""
+    return Path(model_dir) / "config.json"
+
+
+def run_final_weights(run: str | Path) -> Path:
+    return run_final(run) / "model.safetensors"
+
+
+def run_final_digest(run: str | Path) -> Path:
+    """``final.sha256``: a committed copy of a run keeps the weights' digest, not the weights."""
+    return Path(run) / "final.sha256"
 
 
 def run_checkpoints(run: str | Path) -> Path:
@@ -179,6 +250,15 @@ def run_config(run: str | Path) -> Path:
     return Path(run) / "config.yaml"
 
 
+def run_rank_log(run: str | Path, rank: int) -> Path:
+    """Under DDP, each rank's hash of its weights at every update (ranks must agree)."""
+    return Path(run) / "ranks" / f"rank-{rank}.jsonl"
+
+
+def run_tensorboard(run: str | Path) -> Path:
+    return Path(run) / "tb"
+
+
 # --- experiment dir ------------------------------------------------------------------------------
 def experiment_runs(out: str | Path) -> Path:
     """The folder of an experiment's (or a committed grid's) run dirs ``<label>-s<seed>``."""
@@ -193,6 +273,22 @@ def experiment_run(out: str | Path, label: str, seed: int) -> Path:
 def experiment_file(out: str | Path, name: str) -> Path:
     """A grid-level file of an experiment: ``experiment.yaml``, ``unigram.json``,
     ``results[-without-…].json|md``."""
+    return Path(out) / name
+
+
+def experiment_report(out: str | Path) -> Path:
+    """The report dir ``toremi experiment`` writes (``report: true``)."""
+    return Path(out) / "report"
+
+
+def experiment_noisy_tokens(out: str | Path) -> Path:
+    """The noisy tokens dir of an experiment's ``pipeline.noise``."""
+    return Path(out) / "tokens-noisy"
+
+
+# --- report dir ----------------------------------------------------------------------------------
+def report_file(out: str | Path, name: str) -> Path:
+    """``report.html``, ``report.md`` and the PNGs of a report dir."""
     return Path(out) / name
 
 

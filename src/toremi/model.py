@@ -1,8 +1,8 @@
 """A lean GPT-2 in plain PyTorch that saves to (and loads from) the Hugging Face GPT-2 format.
 
 Why not ``transformers.GPT2LMHeadModel`` for training: a lean model with SDPA attention, a vocabulary
-padded to a multiple of 64 and the whole step under ``torch.compile`` is ~1.5x faster on a GPU
-(design.md §6), and exporting to the HF format keeps the ecosystem (evaluation, generation).
+padded to a multiple of 64 and the whole step under ``torch.compile`` is ~1.5x faster on a GPU,
+and exporting to the HF format keeps the ecosystem (evaluation, generation).
 Parameter names mirror HF GPT-2 so the export is a rename plus a transpose of the Conv1D weights.
 """
 

@@ -1,5 +1,5 @@
 """Named GPT-2 sizes (``model.size``), importable without torch so that a config is validated
-before torch loads. CPU sizes keep the output layer small relative to the body (design.md §6)."""
+before torch loads. CPU sizes keep the output layer small relative to the body."""
 
 SIZES = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64),

@@ -27,7 +27,6 @@ order shards are processed in. ``noise.json`` in the output records what was don
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import sys
@@ -37,22 +36,23 @@ from pathlib import Path
 
 import numpy as np
 
-from toremi import layout
-from toremi.config import ConfigError, flags_to_overrides, from_dict, load_config, to_dict
+from toremi import integrity, layout
+from toremi.config import ConfigError, from_dict, to_dict
 from toremi.done import file_sha256
 from toremi.io import atomic_path, atomic_write_json, read_json
+from toremi.stage import Stage
 
 
 @dataclass
 class NoiseConfig:
-    out: str
+    out: str  # output corpus dir (--corpus) or tokens dir (--tokens); never the input
     topic: str  # topic name (or integer topic id)
     corpus: str | None = None  # corpus dir (kinds chars, words)
     annotations: str | None = None  # default <corpus>/annotations
     tokens: str | None = None  # prepared tokens dir (kind tokens)
-    kind: str = "chars"
-    fraction: float = 1.0
-    seed: int = 0
+    kind: str = "chars"  # chars | words (a permutation per document) | tokens (random token ids)
+    fraction: float = 1.0  # share of the topic's documents corrupted
+    seed: int = 0  # which documents, and each one's permutation (with its id)
 
     def __post_init__(self):
         if (self.corpus is None) == (self.tokens is None):
@@ -157,7 +157,7 @@ def noisy_corpus(cfg: NoiseConfig, log=print, candidates: list[str] | None = Non
     info = {"level": "corpus", **to_dict(cfg), "topic_id": tid, "candidates": len(candidates),
             "corrupted": sum(counts.values()), "per_domain": counts}
     write_corpus_manifest(src, out, hashes, {"noise": info})  # shard markers too
-    (out / "noise_ids.txt").write_text("".join(f"{d}\n" for d in sorted(chosen)))
+    layout.noise_ids(out).write_text("".join(f"{d}\n" for d in sorted(chosen)))
     atomic_write_json(layout.noise_record(out), info)
     log(f"noise: corrupted {info['corrupted']} of {len(candidates)} {cfg.topic} documents "
         f"({cfg.kind}) -> {out}" + ("" if tid_given else "; next: `toremi prepare` on it"))
@@ -174,7 +174,7 @@ def noisy_tokens(cfg: NoiseConfig, log=print) -> dict:
     manifest = read_json(layout.tokens_manifest(src))
     tid = topic_id(manifest["topic_names"], cfg.topic)
     vocab, eot = manifest["tokenizer"]["vocab_size"], manifest["tokenizer"]["eot_id"]
-    shutil.copytree(src, out, dirs_exist_ok=True)
+    shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(integrity.LOCK_NAME))
     layout.tokens_manifest(out).unlink()  # until the shards are rewritten, out is not a complete tokens dir
     # The dev split is carved from the same (now noisy) pool, so its documents of the topic are
     # corrupted too: a validation signal from clean text of a noisy topic would be an oracle.
@@ -234,10 +234,10 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
                 docs.append(z["doc"][(z["topics"] == tid).any(1)])
     docs = np.unique(np.concatenate(docs))
     ids = pq.read_table(layout.tokens_documents(src)).column("id").to_pylist()
-    ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(out / "corpus"),
+    ncfg = replace(cfg, tokens=None, corpus=str(pcfg.corpus), out=str(layout.noise_corpus(out)),
                    annotations=str(pcfg.annotations) if pcfg.annotations else None)
     info = noisy_corpus(ncfg, log, candidates=[ids[d] for d in docs], tid=tid)
-    prepare(replace(pcfg, corpus=out / "corpus", out=out, annotations=None,
+    prepare(replace(pcfg, corpus=layout.noise_corpus(out), out=out, annotations=None,
                     tokenizer=str(layout.tokens_tokenizer(src))))
     info = {**info, "level": "corpus+prepare", "tokens": str(src)}
     write_derived_manifest(read_json(layout.tokens_manifest(out)), out, info)
@@ -245,26 +245,21 @@ def noisy_tokens_via_corpus(cfg: NoiseConfig, log=print) -> dict:
     return info
 
 
+@integrity.locked("noise", lambda cfg, log=print: cfg.out)  # also when `toremi experiment` calls it
 def make_noise(cfg: NoiseConfig, log=print) -> dict:
     if cfg.tokens:
         return noisy_tokens(cfg, log) if cfg.kind == "tokens" else noisy_tokens_via_corpus(cfg, log)
     return noisy_corpus(cfg, log)
 
 
+STAGE = Stage("noise", NoiseConfig, lock=lambda cfg: cfg.out, doc=__doc__, defaults={"topic": "Technology"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="toremi noise", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    flags = ("corpus", "annotations", "tokens", "out", "topic", "kind", "fraction", "seed")
-    for flag in flags:
-        p.add_argument(f"--{flag}")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
-    overrides = flags_to_overrides(args, flags)
-    defaults = {"topic": "Technology"}
-    cfg = load_config(NoiseConfig, None, overrides, defaults=defaults) if args.out else None
-    if cfg is None:
-        print("toremi noise: --out DIR is required", file=sys.stderr)
-        return 2
+    return STAGE.run(argv, _noise)
+
+
+def _noise(cfg: NoiseConfig) -> int:
     try:
         make_noise(cfg)
     except FileNotFoundError as exc:

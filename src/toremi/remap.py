@@ -31,11 +31,11 @@ documents: ``toremi remap`` refuses with one line, exit status 2, and writes not
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from toremi import layout
 from toremi.io import atomic_write_json, read_json, read_jsonl
+from toremi.stage import Stage
 
 COVERAGE_THRESHOLD = 0.9   # default --min-coverage
 UNLABELLED = "(unlabelled)"  # the mapping matrix's last column: documents the old side left unlabelled
@@ -329,22 +330,30 @@ def map_vector(mapping: dict, values, unlabelled: float = 1.0) -> np.ndarray:
     return np.where(m.sum(1) > 0, out, unlabelled)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="toremi remap", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--old", required=True, help="tokens dir (or annotation dir) the run was trained on")
-    parser.add_argument("--new", required=True, help="tokens dir (or annotation dir) with the new topic set")
-    parser.add_argument("--run", required=True, help="run dir whose weights.jsonl holds the old weights")
-    parser.add_argument("--mode", choices=("last", "average"), default="last",
-                        help="last weights.jsonl record, or the mean of all records (default last)")
-    parser.add_argument("--weight-by", choices=("documents", "tokens"), default="documents",
-                        help="each shared document counts once, or by its training tokens (default documents)")
-    parser.add_argument("--min-coverage", type=float, default=COVERAGE_THRESHOLD,
-                        help=f"refuse below this coverage (default {COVERAGE_THRESHOLD})")
-    parser.add_argument("--out", required=True, help="output JSON file")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.min_coverage <= 1.0:
-        raise ValueError(f"--min-coverage {args.min_coverage}: use a fraction in [0, 1]")
+@dataclasses.dataclass
+class RemapConfig:
+    old: str  # tokens dir (or annotation dir) the run was trained on
+    new: str  # tokens dir (or annotation dir) with the new topic set
+    run: str  # run dir whose weights.jsonl holds the old weights
+    out: str  # output JSON file
+    mode: Literal["last", "average"] = "last"  # last weights.jsonl record, or the mean of all records
+    weight_by: Literal["documents", "tokens"] = "documents"  # each shared document counts once, or by its training tokens
+    min_coverage: float = COVERAGE_THRESHOLD  # refuse (exit 2, nothing written) below this coverage
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ValueError(f"--min-coverage {self.min_coverage}: use a fraction in [0, 1]")
+
+
+# The output is one file: the lock is on the folder it goes to.
+STAGE = Stage("remap", RemapConfig, lock=lambda cfg: Path(cfg.out).parent, doc=__doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.run(argv, _remap)
+
+
+def _remap(args: RemapConfig) -> int:
     weights, source = run_weights(args.run, args.mode)
     old = read_side(args.old)
     old_names = old.topic_names

@@ -1,4 +1,4 @@
-"""Statistics of the evidence protocol (design §8): paired differences against the baseline.
+"""Statistics of the evidence protocol (docs/eval.md): paired differences against the baseline.
 
 Every method × seed run is paired with the baseline run of the same seed (same initialisation and
 data order), so the per-seed difference removes the noise that the seeds share. Per domain the
@@ -130,12 +130,12 @@ def macro_nll(ev: dict, domains: list[str]) -> float:
 
 def weights_digest(run_dir: str | Path) -> str | None:
     """sha256 of the final weights file (the negative control must match the baseline's)."""
-    f = layout.run_final(run_dir) / "model.safetensors"
+    f = layout.run_final_weights(run_dir)
     if f.exists():
         from toremi.done import file_sha256
 
         return file_sha256(f)
-    saved = Path(run_dir) / "final.sha256"  # a committed copy of the run keeps only the digest
+    saved = layout.run_final_digest(run_dir)  # a committed copy of the run keeps only the digest
     return saved.read_text().strip() if saved.exists() else None
 
 

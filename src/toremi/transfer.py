@@ -27,7 +27,6 @@ the model, the budget, the optimiser and logging. Writes ``transfer.json`` and `
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 from toremi import layout, stats
 from toremi.config import ConfigError, flatten, load_config, to_dict
 from toremi.io import atomic_write_json, atomic_write_text
+from toremi.stage import Stage
 
 # experiment `train` keys two scales may differ in (anything else would change what is compared)
 SCALE_KEYS = ("model.", "steps", "tokens", "batch_size", "accum", "optim.", "eval_every", "eval_batches",
@@ -48,7 +48,7 @@ SCALE_KEYS = ("model.", "steps", "tokens", "batch_size", "accum", "optim.", "eva
 
 @dataclass
 class ScaleSpec:
-    name: str
+    name: str  # the scale's label in the tables
     experiment: Optional[str] = None  # experiment YAML: run with toremi experiment (resumable)
     dir: Optional[str] = None         # a finished experiment dir: read only
 
@@ -60,12 +60,12 @@ class ScaleSpec:
 @dataclass
 class TransferConfig:
     name: str = "transfer"
-    out: str = "runs/transfer"
+    out: str = "runs/transfer"  # writes transfer.json and transfer.md here
     scales: list[ScaleSpec] = field(default_factory=list)
     baseline: Optional[str] = None    # default: the grids' baseline
     exclude_methods: list[str] = field(default_factory=list)  # e.g. controls
-    resamples: int = 2000
-    rng_seed: int = 0
+    resamples: int = 2000  # bootstrap resamples of the seeds (at least 1000)
+    rng_seed: int = 0      # seed of the bootstrap
 
     def __post_init__(self):
         if len(self.scales) != 2:
@@ -304,23 +304,24 @@ def transfer(cfg: TransferConfig, log=print) -> dict:
     doc["limits"] = limits(res, scales)
     out = Path(cfg.out)
     md = markdown(doc)
-    atomic_write_json(out / "transfer.json", doc)
-    atomic_write_text(out / "transfer.md", md)
+    atomic_write_json(layout.experiment_file(out, "transfer.json"), doc)
+    atomic_write_text(layout.experiment_file(out, "transfer.md"), md)
     return doc
 
 
+STAGE = Stage("transfer", TransferConfig, lock=lambda cfg: cfg.out, doc=__doc__, config_required=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="toremi transfer", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="transfer YAML naming two scales (see configs/transfer.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. out=runs/x resamples=5000")
-    args = ap.parse_args(argv)
-    cfg = load_config(TransferConfig, args.config, args.overrides)
+    return STAGE.run(argv, _transfer)
+
+
+def _transfer(cfg: TransferConfig) -> int:
     try:
         doc = transfer(cfg)
     except (stats.EvidenceError, ConfigError) as exc:
         print(f"toremi transfer: {exc}", file=sys.stderr)
         return 2
     print(markdown(doc))
-    print(f"transfer: wrote {Path(cfg.out) / 'transfer.json'} and transfer.md")
+    print(f"transfer: wrote {layout.experiment_file(cfg.out, 'transfer.json')} and transfer.md")
     return 0

@@ -18,44 +18,63 @@ under the annotation dir; the corpus is never rewritten.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+from toremi import layout
+from toremi.annotate.pipeline import AnnotateConfig
+from toremi.config import ConfigError
+from toremi.stage import Stage
+
+
+@dataclasses.dataclass
+class AnnotateCommand(AnnotateConfig):
+    """AnnotateConfig plus what the command line names: the step, the corpus and the output."""
+
+    step: Literal["embed", "cluster", "keywords", "label", "all"] = "all"  # one step, or all in order (also the first word)
+    corpus: Optional[str] = None  # corpus dir with documents/<domain>/shard-*.parquet (required)
+    out: Optional[str] = None     # annotation dir (default <corpus>/annotations)
+
+
+def annotation_dir(cfg: AnnotateCommand) -> Path:
+    """The dir this run writes (and locks); a missing corpus is refused before anything is made."""
+    if not cfg.corpus:
+        raise ConfigError("annotate needs --corpus DIR")
+    if not Path(cfg.corpus).is_dir():
+        raise FileNotFoundError(f"corpus dir {cfg.corpus} does not exist; build it first (toremi corpus build)")
+    return layout.annotation_dir(cfg.corpus, cfg.out)
+
+
+STAGE = Stage("annotate", AnnotateCommand, lock=annotation_dir, doc=__doc__, leading="step",
+              aliases={"--engine": "engine.name"})
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(prog="toremi annotate [embed|cluster|keywords|label|all]", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", required=True, help="corpus_dir with documents/<domain>/shard-*.parquet")
-    ap.add_argument("--out", default=None, help="annotation dir (default <corpus>/annotations)")
-    ap.add_argument("--config", default=None, help="YAML file with AnnotateConfig fields")
-    ap.add_argument("--engine", choices=["local", "ray"], default=None)
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    argv = list(argv or [])
-    step = argv.pop(0) if argv and argv[0] in ("embed", "cluster", "keywords", "label", "all") else "all"
-    args = ap.parse_intermixed_args(argv)
-
-    from toremi.annotate.pipeline import STEPS, AnnotateConfig, Annotator, summary_table
-    from toremi.config import flags_to_overrides, load_config
-
-    cfg = load_config(AnnotateConfig, args.config, flags_to_overrides(args, {"engine": "engine.name"}))
     from toremi.ray_cluster import EngineError
 
     try:
-        ann = Annotator(args.corpus, args.out, cfg)
+        return STAGE.run(argv, _annotate)
     except (FileNotFoundError, EngineError) as exc:
-        print(f"toremi annotate: {exc}")
+        print(f"toremi annotate: {exc}", file=sys.stderr)
         return 2
-    from toremi.integrity import hold_lock
 
-    _lock = hold_lock(ann.out, "annotate")  # one writer per annotation dir
-    steps = STEPS if step == "all" else (step,)
+
+def _annotate(cmd: AnnotateCommand) -> int:
+    from toremi.annotate.pipeline import STEPS, Annotator, summary_table
+
+    cfg = AnnotateConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(AnnotateConfig)})
+    ann = Annotator(cmd.corpus, cmd.out, cfg)
+    steps = STEPS if cmd.step == "all" else (cmd.step,)
     for step in steps:
         try:
             info = getattr(ann, step)()
         except (FileNotFoundError, ValueError) as exc:
-            print(f"toremi annotate {step}: {exc}")
+            print(f"toremi annotate {step}: {exc}", file=sys.stderr)
             return 2
         print(f"[{step}] " + json.dumps(info))
     if "label" in steps:

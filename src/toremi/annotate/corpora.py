@@ -31,7 +31,7 @@ def write_corpus(corpus_dir: str | Path, records: list[dict], shard_rows: int = 
         for s in range(0, len(recs), shard_rows):
             chunk = recs[s:s + shard_rows]
             tbl = pa.table({c: [r.get(c) for r in chunk] for c in schema.names}, schema=schema)
-            shard = layout.corpus_documents(corpus_dir, "train", domain) / f"shard-{s // shard_rows:05d}.parquet"
+            shard = layout.corpus_shard(corpus_dir, "train", domain, s // shard_rows)
             with atomic_path(shard) as tmp:
                 pq.write_table(tbl, tmp)
     return corpus_dir

@@ -79,7 +79,7 @@ class Annotator:
         self.engine = make_engine(self.cfg)
 
     def _p(self, kind: str, shard: Path, ext: str) -> Path:
-        return self.out / kind / shard.parent.name / (shard.stem + ext)
+        return layout.annotation_shard_file(self.out, kind, shard, ext)
 
     def _log(self, step: str, info: dict) -> None:
         path = layout.annotation_manifest(self.out)
@@ -111,7 +111,7 @@ class Annotator:
         t0, cfg = time.perf_counter(), self.cfg.cluster
         emb_paths = self._emb_paths()
         emb_shas = [done.read(p)["sha256"] for p in emb_paths]
-        cpath = self.out / "clusters" / "centroids.npy"
+        cpath = layout.clusters_file(self.out, "centroids.npy")
         fit_key = {"fit": sha256_json([to_dict(cfg), emb_shas])[:16]}
         fit_info = {}
         if not (cpath.exists() and done.valid(cpath, len(np.load(cpath)), fit_key)):
@@ -135,7 +135,7 @@ class Annotator:
         means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
         save_npy(cpath.with_name("member_means.npy"), means.astype(np.float32), {"centroids": centroids_sha})
         stats = stats_from_sizes(np.asarray(sizes), k)
-        atomic_write_json(self.out / "clusters" / "stats.json", stats)
+        atomic_write_json(layout.clusters_file(self.out, "stats.json"), stats)
         info = {**fit_info, **{x: stats[x] for x in ("k", "empty_clusters", "singleton_clusters",
                                                     "unassigned_docs", "largest", "median_size")},
                 "seconds": round(time.perf_counter() - t0, 2)}
@@ -151,8 +151,8 @@ class Annotator:
     def keywords(self) -> dict:
         t0 = time.perf_counter()
         lab_paths = self._label_paths()
-        k = len(np.load(self.out / "clusters" / "centroids.npy"))
-        kpath = self.out / "keywords.json"
+        k = len(np.load(layout.clusters_file(self.out, "centroids.npy")))
+        kpath = layout.keywords_json(self.out)
         key = sha256_json([to_dict(self.cfg.keywords), [done.read(p)["sha256"] for p in lab_paths]])[:16]
         if done.valid(kpath, expect={"inputs": key}):
             return {"skipped": True}
@@ -169,20 +169,20 @@ class Annotator:
     def make_labeller(self, topics: TopicSet):
         center = None
         if self.cfg.label.similarity.corpus_center and self.cfg.cluster.center:
-            center = np.load(self.out / "clusters" / "center.npy")
+            center = np.load(layout.clusters_file(self.out, "center.npy"))
         sim = SimilarityLabeller(get_embedder(self.cfg.embed), topics, self.cfg.label.similarity, center)
         if self.cfg.label.labeller == "llm":
-            return LLMLabeller(topics, self.cfg.label.llm, sim, self.out / "llm_cache.jsonl")
+            return LLMLabeller(topics, self.cfg.label.llm, sim, layout.llm_cache(self.out))
         return sim
 
     def label(self) -> dict:
         t0 = time.perf_counter()
         lab_paths = self._label_paths()
-        if not (self.out / "keywords.json").exists():
+        if not layout.keywords_json(self.out).exists():
             raise FileNotFoundError("keywords.json missing; run `toremi annotate keywords` first")
-        centroids = np.load(self.out / "clusters" / "member_means.npy")  # original embedding space
-        kw = {int(c): v for c, v in read_json(self.out / "keywords.json").items()}
-        sizes = read_json(self.out / "clusters" / "stats.json")["sizes"]
+        centroids = np.load(layout.clusters_file(self.out, "member_means.npy"))  # original embedding space
+        kw = {int(c): v for c, v in read_json(layout.keywords_json(self.out)).items()}
+        sizes = read_json(layout.clusters_file(self.out, "stats.json"))["sizes"]
         topics = TopicSet.load(self.cfg.label.topics or None)
         clusters = {c: {"keywords": kw.get(c, []), "centroid": centroids[c], "size": int(sizes[c])}
                     for c in range(len(centroids))}

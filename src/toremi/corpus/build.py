@@ -40,8 +40,8 @@ MB = 1_000_000
 class CorpusConfig:
     """Settings of ``toremi corpus build`` (and of the dedupe/split/write steps of ``ingest``)."""
 
-    out: str = "out/corpus"
-    domains: list[str] = field(default_factory=lambda: list(DOMAINS))
+    out: str = "out/corpus"  # output corpus directory
+    domains: list[str] = field(default_factory=lambda: list(DOMAINS))  # a subset of `toremi corpus list`
     max_mb_per_domain: float | None = None  # None = the full domain; else read about this many MB
     heldout_fraction: float = 0.05  # full build: hold out max(min_heldout_mb, this share)
     min_heldout_mb: float = 1.0

@@ -6,52 +6,71 @@
     toremi corpus list
     toremi corpus fetch-sources [DIR]   (the raw sources of the 13 domains; DIR default: where
                                          `build` looks, $TOREMI_SOURCES or ~/.cache/toremi/sources)
+
+`toremi corpus build --help` and `toremi corpus ingest --help` list every key.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+import typing
 
-from toremi.config import flags_to_overrides, load_config
+from toremi.config import ConfigError
+from toremi.stage import Stage
 
 from .build import CorpusConfig, build
+from .ingest import IngestOptions
 from .sources import DOMAINS, SourceMissing, sources_root
 
+# ``corpus ingest`` reads with IngestOptions and writes with CorpusConfig: one flat set of keys
+# (``--input``, ``--text-field``, ``seed=1``); ``input`` and ``out`` have no default here.
+_READ = typing.get_type_hints(IngestOptions)
+IngestConfig = dataclasses.make_dataclass(
+    "IngestConfig",
+    [(f.name, _READ[f.name], dataclasses.field(default=None if f.default is dataclasses.MISSING else f.default))
+     for f in dataclasses.fields(IngestOptions)] + [("out", typing.Optional[str], dataclasses.field(default=None))],
+    bases=(CorpusConfig,),
+    namespace={"__doc_from__": (IngestOptions,), "__module__": __name__,
+               "__doc__": "IngestOptions (what to read) + CorpusConfig (dedupe, split, write)."})
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toremi corpus build", description="Build the multi-domain "
-                                "corpus from the shipped sources (resumes an interrupted build).")
-    p.add_argument("--config", help="YAML file with CorpusConfig keys")
-    p.add_argument("--out", help="output corpus directory")
-    p.add_argument("--max-mb-per-domain", type=float, help="read about N MB per domain (a slice)")
-    p.add_argument("--domains", help=f"comma-separated subset of: {','.join(DOMAINS)}")
-    p.add_argument("--seed", type=int)
-    p.add_argument("overrides", nargs="*", help="CorpusConfig overrides, e.g. heldout_fraction=0.1")
-    return p
-
-
-def _ingest_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toremi corpus ingest", description="Turn your own documents "
-                                "into a corpus directory (same layout and manifest as build).")
-    p.add_argument("--input", required=True, help="a file or folder")
-    p.add_argument("--out", required=True, help="output corpus directory")
-    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "parquet", "text", "hf", "mixed"])
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--domain-field", default="domain")
-    p.add_argument("--id-field", default="id")
-    p.add_argument("--label-field", default="label")
-    p.add_argument("--source-field", default="source",
-                   help="field naming the unit kept whole by the held-out split (default: each doc)")
-    p.add_argument("--default-domain", default="default", help="domain of records without one")
-    p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
-    p.add_argument("--config", help="YAML file with CorpusConfig keys (dedupe/split settings)")
-    p.add_argument("overrides", nargs="*", help="CorpusConfig overrides, e.g. seed=1")
-    return p
+BUILD = Stage("corpus build", CorpusConfig, lock=lambda cfg: cfg.out,
+              doc="Build the multi-domain corpus from the shipped sources (resumes an interrupted build).")
+INGEST = Stage("corpus ingest", IngestConfig, lock=lambda cfg: cfg.out,
+               doc="Turn your own documents into a corpus directory (same layout and manifest as build).")
 
 
-def _config(args, flags: tuple[str, ...]) -> CorpusConfig:
-    return load_config(CorpusConfig, args.config, flags_to_overrides(args, flags))
+def _split(cfg) -> tuple[IngestOptions, CorpusConfig]:
+    if not cfg.input or not cfg.out:
+        raise ConfigError("corpus ingest needs --input PATH and --out DIR")
+    pick = lambda cls: cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})  # noqa: E731
+    return pick(IngestOptions), pick(CorpusConfig)
+
+
+def _build(cfg: CorpusConfig) -> int:
+    try:
+        build(cfg)
+    except SourceMissing as exc:
+        print(f"toremi corpus build: {exc}", file=sys.stderr)
+        return 2
+    print(f"corpus written to {cfg.out}")
+    return 0
+
+
+def _ingest(cfg) -> int:
+    from toremi.corpus.stream import return_freed_memory
+
+    from .ingest import IngestError, ingest
+
+    opt, ccfg = _split(cfg)
+    return_freed_memory()  # this process only ingests: let its RSS follow live memory
+    try:
+        ingest(opt, ccfg)
+    except IngestError as exc:
+        print(f"toremi corpus ingest: {exc}", file=sys.stderr)
+        return 2
+    print(f"corpus written to {cfg.out}")
+    return 0
 
 
 def fetch_sources(rest: list[str]) -> int:
@@ -84,33 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "fetch-sources":
         return fetch_sources(rest)
     if cmd == "build":
-        args = _build_parser().parse_args(rest)
-        cfg = _config(args, ("out", "max_mb_per_domain", "domains", "seed"))
-        try:
-            build(cfg)
-        except SourceMissing as exc:
-            print(f"toremi corpus build: {exc}", file=sys.stderr)
-            return 2
-        print(f"corpus written to {cfg.out}")
-        return 0
+        return BUILD.run(rest, _build)
     if cmd == "ingest":
-        from .ingest import IngestError, IngestOptions, ingest
-
-        args = _ingest_parser().parse_args(rest)
-        cfg = _config(args, ("out",))
-        opt = IngestOptions(input=args.input, format=args.format, text_field=args.text_field,
-                            domain_field=args.domain_field, id_field=args.id_field,
-                            label_field=args.label_field, source_field=args.source_field,
-                            default_domain=args.default_domain, on_error=args.on_error)
-        from toremi.corpus.stream import return_freed_memory
-
-        return_freed_memory()  # this process only ingests: let its RSS follow live memory
-        try:
-            ingest(opt, cfg)
-        except IngestError as exc:
-            print(f"toremi corpus ingest: {exc}", file=sys.stderr)
-            return 2
-        print(f"corpus written to {cfg.out}")
-        return 0
+        return INGEST.run(rest, _ingest)
     print(f"toremi corpus: unknown command {cmd!r} (use build, ingest, list or fetch-sources)\n{__doc__}", file=sys.stderr)
     return 2

@@ -30,15 +30,15 @@ class IngestError(ValueError):
 
 @dataclass
 class IngestOptions:
-    input: str
-    format: Literal["auto", "jsonl", "parquet", "text", "hf", "mixed"] = "auto"
-    text_field: str = "text"
-    domain_field: str = "domain"
-    id_field: str = "id"
-    label_field: str = "label"
-    source_field: str = "source"
-    default_domain: str = "default"
-    on_error: Literal["fail", "skip"] = "fail"
+    input: str                                     # a file or folder (JSONL, Parquet, text files, or an HF dataset)
+    format: Literal["auto", "jsonl", "parquet", "text", "hf", "mixed"] = "auto"  # auto: from the suffixes
+    text_field: str = "text"                       # record field holding the document text
+    domain_field: str = "domain"                   # record field naming the domain
+    id_field: str = "id"                           # record field with the document id (absent: one is made from the position)
+    label_field: str = "label"                     # record field with a class label (optional)
+    source_field: str = "source"                   # field naming the unit kept whole by the held-out split (default: each doc)
+    default_domain: str = "default"                # domain of records without one
+    on_error: Literal["fail", "skip"] = "fail"     # a malformed record: stop, or skip and count it
 
 
 def _slug(s: str) -> str:

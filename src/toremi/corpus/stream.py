@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toremi import done
+from toremi import done, layout
 from toremi.io import atomic_path
 
 BATCH_DOCS = 512
@@ -121,7 +121,7 @@ class ShardWriter:
         self.writer: pq.ParquetWriter | None = None
 
     def _path(self) -> Path:
-        return self.folder / f"shard-{len(self.shards):05d}.parquet"
+        return layout.corpus_shard(self.out, self.split, self.domain, len(self.shards))
 
     def add(self, row: dict) -> None:
         self.rows.append(row)

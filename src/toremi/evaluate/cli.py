@@ -12,7 +12,6 @@ is given, and every held-out shard read is checked against the hash the corpus r
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -20,9 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toremi import layout
-from toremi.config import ConfigError, flags_to_overrides, load_config, to_dict
+from toremi import integrity, layout
+from toremi.config import ConfigError, to_dict
 from toremi.evaluate.downstream import ClassifyTask
+from toremi.stage import Stage
 
 
 PROBE_MAX_DOCS = 512  # held-out documents a linear probe (`<task>_probe`) reads at most
@@ -56,7 +56,7 @@ class EvalConfig:
     stride: int | None = None  # sliding-window stride; default max_len // 2
     device: str = "auto"
     dtype: str = "float32"  # float32 | bfloat16 (autocast on CUDA: faster, NLL less exact)
-    out: str | None = None
+    out: str | None = None  # eval.json path; default <run or model dir>/eval.json
     allow_partial: bool = False  # evaluate the newest checkpoint of an unfinished run
 
     def __post_init__(self):
@@ -93,6 +93,15 @@ def label_names(corpus: Path, domain: str) -> list[str]:
     return sorted(n for n in names if n)
 
 
+def output_dir(cfg: EvalConfig, log=None) -> Path:
+    """The dir ``eval.json`` goes to (locked while evaluating): the run's, the model's, or --out's."""
+    src = Path(cfg.run or cfg.model)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} does not exist (--run RUN_DIR / --model HF_DIR)")
+    return Path(cfg.out).parent if cfg.out else src
+
+
+@integrity.locked("eval", output_dir)  # also when `toremi experiment` evaluates its runs
 def evaluate(cfg: EvalConfig, log=print) -> dict:
     """Evaluate one checkpoint; returns (and writes) the eval.json record."""
     from toremi.evaluate.model_io import check_tokenizer_fingerprint, load_model, resolve_run
@@ -101,7 +110,6 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     from toremi.evaluate.probe import linear_probe
     from toremi.io import atomic_write_json
 
-    from toremi import integrity
     from toremi.allocator import keep_large_allocations_in_heap
 
     keep_large_allocations_in_heap()
@@ -216,22 +224,15 @@ def unfinished(run_dir: Path) -> dict | None:
     return {"status": st if st != "missing" else "no run.json", "steps_done": info.get("steps_done")}
 
 
-FLAGS = ("run", "model", "tokenizer", "corpus", "piqa", "max_docs", "max_tokens", "max_doc_tokens",
-         "max_items", "batch_size", "max_len", "stride", "device", "dtype", "out")  # --max-docs N = max_docs=N
+STAGE = Stage("eval", EvalConfig, lock=output_dir, doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="toremi eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML file with EvalConfig fields")
-    for flag in FLAGS:
-        p.add_argument(f"--{flag.replace('_', '-')}")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="evaluate the newest checkpoint of an unfinished run (else refused)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. domains=[news,legal]")
-    args = p.parse_args(argv)
-    cfg = load_config(EvalConfig, args.config, flags_to_overrides(args, FLAGS + ("allow_partial",)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return STAGE.run(argv, _evaluate)
+
+
+def _evaluate(cfg: EvalConfig) -> int:
     try:
         evaluate(cfg)
     except (FileNotFoundError, ValueError) as exc:

@@ -54,8 +54,8 @@ def resolve_run(run_dir: Path) -> tuple[Path, Path | None]:
             raise FileNotFoundError(f"{run_dir}: no final/ and no checkpoints/step-*/model; "
                                     f"train the run first (`toremi train`)")
         model_dir = ckpts[-1]
-    for cand in (model_dir / "tokenizer.json", layout.run_final(run_dir) / "tokenizer.json",
-                 run_dir / "tokenizer.json"):
+    for cand in (layout.hf_tokenizer(model_dir), layout.hf_tokenizer(layout.run_final(run_dir)),
+                 layout.hf_tokenizer(run_dir)):
         if cand.exists():
             return model_dir, cand
     if layout.run_info(run_dir).exists():  # a checkpoint only: the tokenizer of the run's tokens dir
@@ -113,10 +113,10 @@ def load_model(model_dir: Path, tokenizer: Path | str | None = None, run_dir: Pa
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
+    if not layout.hf_config(model_dir).exists():
         raise FileNotFoundError(f"{model_dir}: not an HF model folder (no config.json)")
     if tokenizer is None:
-        tokenizer = model_dir / "tokenizer.json"
+        tokenizer = layout.hf_tokenizer(model_dir)
     if str(tokenizer) == "gpt2":
         from toremi.tokenizer import gpt2
 

@@ -1,4 +1,4 @@
-"""Oracle: a positive control for the evidence protocol (design §8), not a data-mixing method.
+"""Oracle: a positive control for the evidence protocol (docs/eval.md), not a data-mixing method.
 
 It gives one chosen topic (``oracle.topic``, an index into the tokens' ``topic_names``) a fixed
 loss weight ``oracle.factor`` (3x by default) for the whole run; every other topic keeps 1. That

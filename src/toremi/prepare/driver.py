@@ -31,7 +31,6 @@ One driver for both engines (``engine.name=local|ray``):
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -44,12 +43,13 @@ from typing import Callable, Iterator
 import pyarrow.parquet as pq
 
 from toremi import done, integrity, layout, progress
-from toremi.config import flags_to_overrides, load_config, save_config, to_dict
+from toremi.config import save_config, to_dict
 from toremi.corpus.documents import iter_shards
 from toremi.io import read_json
 from toremi.prepare import merge
 from toremi.prepare.config import INDEX_VERSION, PrepareConfig
 from toremi.prepare.shard import TopicLookup, remember_tokenizer, reusable, shard_map
+from toremi.stage import Stage
 from toremi.tokenizer import Tokenizer, from_file, load_tokenizer
 
 
@@ -81,7 +81,7 @@ def split_jobs(cfg: PrepareConfig, train_shards: list[Path]) -> list[tuple[str, 
 
 def _resolve_tokenizer(cfg: PrepareConfig) -> Tokenizer:
     saved = layout.tokens_tokenizer(cfg.out)
-    spec_file = cfg.out / "tokenizer.spec"
+    spec_file = layout.tokens_tokenizer_spec(cfg.out)
     if saved.exists() and spec_file.exists() and spec_file.read_text() == cfg.tokenizer:
         return from_file(saved, name=cfg.tokenizer.replace(":", ""))
     texts = None
@@ -139,7 +139,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         from toremi.ray_cluster import connect
 
         connect(cfg.engine)
-    save_config(cfg, cfg.out / "prepare.yaml")
+    save_config(cfg, layout.tokens_config(cfg.out))
     tok = _resolve_tokenizer(cfg)
     domains = corpus_domains(cfg.corpus, train_shards)
     topics = TopicLookup(cfg, domains)
@@ -149,7 +149,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         for shard in train_shards:
             topics.for_shard("documents", shard, pq.read_table(shard, columns=["label", "domain"]))
     jobs = split_jobs(cfg, train_shards)
-    out_bins = [cfg.out / "shards" / f"{split}-{k:05d}.bin" for k, (split, _, _) in enumerate(jobs)]
+    out_bins = [layout.tokens_shard(cfg.out, split, k) for k, (split, _, _) in enumerate(jobs)]
     inputs = integrity.token_shard_inputs(cfg, tok, jobs, topics, domains, INDEX_VERSION)
     finished = reusable(cfg, jobs, out_bins, inputs)
     stats: list[dict | None] = [finished.get(k) for k in range(len(jobs))]
@@ -177,18 +177,14 @@ def merge_all(cfg: PrepareConfig, tok: Tokenizer, stats: list[dict], domains: li
     merge.write_manifest(cfg, tok, stats, shas, domains, topics, sequences, seconds)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="toremi prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with PrepareConfig fields")
-    parser.add_argument("--corpus", help="corpus dir (from `toremi corpus build`)")
-    parser.add_argument("--out", help="output tokens dir")
-    parser.add_argument("--tokenizer", help="gpt2 | bpe:<vocab> | path to tokenizer.json")
-    parser.add_argument("--seq-len", type=int)
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    overrides = flags_to_overrides(args, ("corpus", "out", "tokenizer", "seq_len"))
-    cfg = load_config(PrepareConfig, args.config, overrides)
+STAGE = Stage("prepare", PrepareConfig, lock=lambda cfg: cfg.out, doc=__doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return STAGE.run(argv, _prepare)
+
+
+def _prepare(cfg: PrepareConfig) -> int:
     out = prepare(cfg)
     m = read_json(layout.tokens_manifest(out))
     print(json.dumps({"out": str(out), "tokenizer": m["tokenizer"], "sequences": m["sequences"],

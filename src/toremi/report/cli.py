@@ -12,16 +12,19 @@ method label; across seeds a number is shown as mean +/- the 95% t-interval half
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from toremi import layout, stats
+from toremi.config import ConfigError
 from toremi.io import atomic_write_text, read_json
 from toremi.report.figures import figures
 from toremi.report.html import render
 from toremi.runs import load_run
 from toremi.report.summary import epochs_markdown, markdown, summarize
+from toremi.stage import Stage
 
 
 def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
@@ -43,57 +46,64 @@ def report(run_dirs: list[Path], out: Path, title: str = "toremi report",
     reg = stats.regime(runs, baseline, tokens)
     lead_md = stats.headline(pair, reg) + "\n\n" + (stats.paired_markdown(pair) if pair else "")
     figs = figures(runs, summary, out, noisy, pair, (reg.get("unigram") or {}).get("val_ce"))
-    atomic_write_text(out / "report.md", f"# {title}\n\n{lead_md}\n" + markdown(summary) + "\n" + epochs_markdown(runs))
-    atomic_write_text(out / "report.html", render(runs, summary, figs, out, title, noisy, lead_md))
-    return out / "report.html"
+    atomic_write_text(layout.report_file(out, "report.md"), f"# {title}\n\n{lead_md}\n" + markdown(summary) + "\n" + epochs_markdown(runs))
+    atomic_write_text(layout.report_file(out, "report.html"), render(runs, summary, figs, out, title, noisy, lead_md))
+    return layout.report_file(out, "report.html")
+
+
+@dataclass
+class ReportConfig:
+    """What to report on (exactly one of runs, experiment, recompute, export) and where."""
+
+    runs: list[str] = field(default_factory=list)  # run directories
+    experiment: Optional[str] = None  # experiment dir (with results.json)
+    recompute: Optional[str] = None   # rebuild DIR's results.json/.md from its per-run files (DIR/runs/<label>-s<seed>/)
+    export: Optional[str] = None      # copy a finished experiment's per-run files (no checkpoints) into --out
+    out: Optional[str] = None         # report dir (--runs/--experiment), or the export's destination
+    title: Optional[str] = None       # page title (default: "toremi report", or the experiment's name)
+    noise_topic: Optional[str] = None  # topic to show in the noise panel
+    baseline: Optional[str] = None    # baseline method label (default: the grid's, else uniform)
+    exclude: list[str] = field(default_factory=list)  # domains left out of the macro (--recompute)
+    check: bool = False  # with --recompute: compare with the committed results, write nothing, exit 1 on a difference
+
+    def __post_init__(self):
+        given = [k for k in ("runs", "experiment", "recompute", "export") if getattr(self, k)]
+        if len(given) != 1:
+            raise ConfigError("give one of --runs DIR... / --experiment DIR (with --out), --recompute DIR, "
+                              f"or --export EXPERIMENT --out DEST (got {given or 'none'})")
+        if not self.recompute and not self.out:
+            raise ConfigError(f"--{given[0]} needs --out DIR")
+        if self.check and not self.recompute:
+            raise ConfigError("--check goes with --recompute DIR")
+
+
+def output_dir(cfg: ReportConfig) -> Optional[str]:
+    """The dir this report writes (locked): --out, or the recomputed grid; --check writes nothing."""
+    if cfg.recompute:
+        return None if cfg.check else cfg.recompute
+    return cfg.out
+
+
+STAGE = Stage("report", ReportConfig, lock=output_dir, doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="toremi report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--runs", nargs="+", help="run directories")
-    src.add_argument("--experiment", help="experiment dir (with results.json)")
-    src.add_argument("--recompute", metavar="DIR", help="rebuild DIR's results.json/.md from its per-run files "
-                                                         "(DIR/runs/<label>-s<seed>/)")
-    src.add_argument("--export", metavar="EXPERIMENT", help="copy a finished experiment's per-run files "
-                                                             "(no checkpoints) into --out")
-    p.add_argument("--config", help="YAML with any of these options (runs, experiment, recompute, out, ...)")
-    p.add_argument("--out")
-    p.add_argument("--title", default=None)
-    p.add_argument("--noise-topic", default=None, help="topic to show in the noise panel")
-    p.add_argument("--baseline", default=None, help="baseline method label (default: the grid's, else uniform)")
-    p.add_argument("--exclude", nargs="*", default=[], help="domains left out of the macro (--recompute)")
-    p.add_argument("--check", action="store_true", help="with --recompute: compare with the committed "
-                                                         "results, write nothing, exit 1 on a difference")
-    args = p.parse_args(argv)
-    if args.config:
-        import yaml
+    return STAGE.run(argv, _report)
 
-        for k, v in (yaml.safe_load(Path(args.config).read_text()) or {}).items():
-            k = k.replace("-", "_")
-            if not hasattr(args, k):
-                print(f"toremi report: {args.config}: unknown key {k!r}; valid: runs, experiment, recompute, "
-                      f"export, out, title, noise_topic, baseline, exclude, check", file=sys.stderr)
-                return 2
-            if getattr(args, k) in (None, [], False):
-                setattr(args, k, v)
+
+def _report(args: ReportConfig) -> int:
     try:
         if args.recompute:
             return _recompute(args)
         if args.export:
-            if not args.out:
-                raise FileNotFoundError("--export needs --out DEST (e.g. docs/results/<grid>)")
             from toremi.report.recompute import export
 
             print(f"report: exported to {export(Path(args.export), Path(args.out))}")
             return 0
-        if not (args.runs or args.experiment) or not args.out:
-            p.error("give --runs/--experiment with --out, --recompute DIR, or --export EXP --out DEST")
         labels, title, noisy = {}, args.title or "toremi report", args.noise_topic
         if args.experiment:
             exp = Path(args.experiment)
-            res = read_json(exp / "results.json")
+            res = read_json(layout.experiment_file(exp, "results.json"))
             dirs = [Path(r["dir"]) if Path(r["dir"]).exists() else exp / r["dir"] for r in res["runs"]]
             labels = {str(d): r["label"] for d, r in zip(dirs, res["runs"])}
             title = args.title or f"toremi experiment {res.get('name', '')}"

@@ -122,9 +122,9 @@ def export(exp_dir: Path, dest: Path) -> Path:
                 shutil.copy2(src / f, out / f)
         digest = stats.weights_digest(src)
         if digest:
-            (out / "final.sha256").write_text(digest + "\n")
-    if (exp_dir / "report").exists():
-        for png in (exp_dir / "report").glob("*.png"):
+            layout.run_final_digest(out).write_text(digest + "\n")
+    if layout.experiment_report(exp_dir).exists():
+        for png in layout.experiment_report(exp_dir).glob("*.png"):
             shutil.copy2(png, dest / png.name)
     return dest
 

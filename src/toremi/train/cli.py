@@ -12,54 +12,37 @@ rerun to resume; 3 stopped on persistent non-finite loss (checkpoint written); 2
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from toremi.config import flags_to_overrides, load_config
-
-# Shorthands: `method=toremi` means `method.name=toremi`, `model=gpt2` means `model.size=gpt2`.
-SHORTHANDS = {"method": "method.name", "model": "model.size", "preset": "method.preset"}
+from toremi.stage import Stage
+from toremi.train.config import TrainConfig
 
 
-def config_keys() -> str:
-    """Every config key with its default, for --help."""
-    import dataclasses
+def method_sections() -> dict:
+    """Each registered method's options as ``method.<name>.*`` (a new method's appear on their own)."""
+    from toremi.methods import REGISTRY
 
-    from toremi.config import flatten, to_dict
-    from toremi.train.config import TrainConfig
-
-    from toremi.methods import REGISTRY, MethodConfig
-
-    defaults = to_dict(TrainConfig())
-    methods = []
-    for name, info in sorted(REGISTRY.items()):  # every registered method and its own options
-        try:
-            opts = to_dict(MethodConfig(name=name).opts) or {}
-        except ValueError:  # a method with required options: show the dataclass defaults
-            opts = {f.name: f.default for f in dataclasses.fields(info.options)}
-        keys = " ".join(f"{k}={v}" for k, v in opts.items()) or "none"
-        methods.append(f"  {name} (interval {info.interval}): {info.summary}\n    method.{name}.: {keys}")
-    return "config keys (defaults):\n" + "\n".join(f"  {k}={v}" for k, v in flatten(defaults).items()) + \
-        "\n\nmethods (method=NAME; options as method.NAME.KEY=V or method.KEY=V):\n" + "\n".join(methods)
+    return {f"method.{n}": i.options for n, i in sorted(REGISTRY.items()) if i.options}
 
 
-def parse(argv: list[str]):
-    from toremi.train.config import TrainConfig
+STAGE = Stage(
+    # train() locks the run dir itself, on rank 0 only (every torchrun rank runs this entry)
+    "train", TrainConfig, lock=lambda cfg: None, doc=__doc__,
+    aliases={"--tokens": "tokens_dir", "--resume": "resume=must"},
+    # `method=toremi` means `method.name=toremi`, `model=gpt2` means `model.size=gpt2`
+    shorthands={"method": "method.name", "model": "model.size", "preset": "method.preset"},
+    sections=method_sections, hidden=("method.opts",))
 
-    ap = argparse.ArgumentParser(prog="toremi train", description=__doc__, epilog=config_keys(),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", help="prepared tokens dir (toremi prepare)")
-    ap.add_argument("--out", help="run dir (created; resumed if it holds checkpoints)")
-    ap.add_argument("--config", help="YAML file with TrainConfig fields")
-    ap.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value (e.g. method=toremi optim.lr=3e-4)")
-    a = ap.parse_args(argv)
-    flags = {"tokens": "tokens_dir", "out": "out", "resume": "resume=must"}
-    return load_config(TrainConfig, a.config, flags_to_overrides(a, flags, shorthands=SHORTHANDS))
+
+def parse(argv: list[str]) -> TrainConfig:
+    return STAGE.parse(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(list(sys.argv[1:] if argv is None else argv))  # validated before torch loads
+    return STAGE.run(list(sys.argv[1:] if argv is None else argv), _train)  # validated before torch loads
+
+
+def _train(cfg: TrainConfig) -> int:
     from toremi.train import train
 
     run_dir = train(cfg)

@@ -53,7 +53,7 @@ class RunLogger(Callback):
         self.metrics_path, self.weights_path = layout.run_metrics(run), layout.run_weights(run)
         self.last_time, self.last_step, self.start = time.perf_counter(), t.step, time.perf_counter()
         if t.d.enabled:  # every rank logs a hash of its weights at each update
-            self.rank_path = run / "ranks" / f"rank-{t.d.rank}.jsonl"
+            self.rank_path = layout.run_rank_log(run, t.d.rank)
             if t.resumed_from:
                 truncate_jsonl(self.rank_path, t.step)
             else:
@@ -79,7 +79,7 @@ class RunLogger(Callback):
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise RuntimeError("tensorboard=true needs TensorBoard: pip install 'toremi[tb]'") from None
-            self.tb = SummaryWriter(str(run / "tb"))
+            self.tb = SummaryWriter(str(layout.run_tensorboard(run)))
         if cfg.wandb:
             try:
                 import wandb

@@ -1,4 +1,4 @@
-"""Per-token weights and per-segment topic statistics for packed batches (design.md §9).
+"""Per-token weights and per-segment topic statistics for packed batches (docs/packing.md).
 
 A packed window holds pieces (segments) of several documents. ``seg_ids`` [B, T] names the segment
 of each target token (numbered over the batch, -1 = no target); ``seg_topics`` [S, M] holds each
