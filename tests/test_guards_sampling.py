@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from conftest import bbc_dir
+from helpers import bbc_dir
 from toremi.config import load_config
 from toremi.data.shards import TokenDataset
 from toremi.io import read_jsonl
