@@ -42,7 +42,7 @@ from toremi.train.distributed import Dist
 from toremi.train.step import StepEngine
 from toremi.train.trainer import Trainer
 
-STEPS, STOP = 6, 3  # updates at steps 2, 4, 6; the stop at 3 is mid-interval
+STOP = 3  # updates at steps 2, 4, 6 (method.interval=2): the stop at 3 is mid-interval
 BASE = ["steps=6", "batch_size=4", "accum=2", "log_every=1", "eval_every=2", "eval_batches=1",
         "progress=false", "device=cpu", "optim.warmup_steps=1", "method.interval=2", "packing=none"]
 DOCS = {"business": 30, "entertainment": 6, "politics": 6, "sports": 6, "tech": 6}  # skewed mix
@@ -67,8 +67,8 @@ class Sources:
                                f"method.doremi.reference={self.reference}", base=BASE))
 
 
-# method name -> {variant: Sources -> overrides}: only for methods that cannot run on their defaults
-# (or whose defaults would leave a mode untested).
+# method name -> {variant: Sources -> overrides}: only for methods that cannot run on their defaults,
+# whose defaults would leave a mode untested, or whose weights would not move in these runs' 3 updates.
 METHOD_INPUTS = {
     "doremi": {"proxy": lambda s: [f"method.doremi.reference={s.reference}", "method.doremi.eta=5"],
                "main": lambda s: [f"method.doremi.weights_from={s.proxy}"]},
@@ -76,6 +76,9 @@ METHOD_INPUTS = {
                "sampling-schedule": lambda s: [f"method.replay.source={s.proxy}", "method.replay.apply=sampling",
                                                "method.replay.mode=schedule"]},
     "oracle": {"topic-1": lambda s: ["method.oracle.topic=1"]},
+    "toremi-noise": {"warmup-1": lambda s: ["method.toremi-noise.warmup_updates=1"]},
+    # EXP3's exploration keeps 5 topics uniform for 8 updates: 12 updates, 3 of them adaptive
+    "odm": {"interval-1": lambda s: ["method.interval=1", "steps=12"]},
 }
 CASES = [(name, variant) for name in sorted(REGISTRY) for variant in METHOD_INPUTS.get(name, ["defaults"])]
 IDS = [name if variant == "defaults" else f"{name}-{variant}" for name, variant in CASES]
@@ -119,8 +122,9 @@ class Contract:
     def config(self, args: list[str], out: Path | None = None):
         return train_cfg(self.tokens, out or self.root / "unused", *args, base=BASE)
 
-    def build(self, args: list[str], total_steps: int = STEPS) -> Method:
-        return build_method(self.config(args).method, self.K, total_steps, self.counts)
+    def build(self, args: list[str], total_steps: int | None = None) -> Method:
+        cfg = self.config(args)
+        return build_method(cfg.method, self.K, total_steps or cfg.steps, self.counts)
 
     # ------------------------------------------------------------------ state round-trip
     def feed(self, m: Method, update: int) -> dict:
@@ -192,11 +196,12 @@ class Contract:
                                   torch.cat([g.flatten() for g in grads]), list(draws)))
                 draws.clear()
 
+            cfg = self.config(self.args(name, variant), out)  # trains the sources it needs, unobserved
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(BatchLoader, "next_batch", on_draw)
                 mp.setattr(StepEngine, "train_step", on_step)
-                train(self.config(self.args(name, variant), out))
-            assert len(steps) == STEPS
+                train(cfg)
+            assert len(steps) == cfg.steps
             self.runs[key] = (out, steps)
         return self.runs[key]
 
@@ -212,10 +217,12 @@ class Contract:
         fresh = self.build(args)
         w, p = fresh.topic_weights.tolist(), fresh.sampling_probs
         p = None if p is None else p.tolist()
+        cfg = self.config(args)
         recs = {r["step"]: r for r in read_jsonl(out / "weights.jsonl")}
-        assert sorted(recs) == [2, 4, 6], f"{name}: updates logged at steps {sorted(recs)}"
+        want = list(range(cfg.method.interval, cfg.steps + 1, cfg.method.interval))
+        assert sorted(recs) == want, f"{name}: updates logged at steps {sorted(recs)}, expected {want}"
         weights, probs = [], []
-        for step in range(1, STEPS + 1):
+        for step in range(1, cfg.steps + 1):
             weights.append(w)
             probs.append(p if fresh.uses_sampling else None)
             if step in recs:
@@ -249,7 +256,7 @@ class Contract:
         """Resume the finished run (its final checkpoint: method and loader state) and draw."""
         out, _ = self.run(name, variant)
         tr = Trainer(self.config(self.args(name, variant), out), Dist())
-        assert tr.step == STEPS
+        assert tr.step == tr.total
         drawn = np.concatenate([b.topic_ids[:, 0].numpy() for _ in range(DRAWS // 8) for b in tr.next_batches()])
         natural = (self.counts / self.counts.sum()).numpy()
         if tr.method.uses_sampling:
