@@ -37,6 +37,26 @@ def bbc_texts(topic: str, n: int, skip: int = 0, chars: int | None = None) -> li
     return [f.read_text(encoding="utf-8", errors="replace")[:chars] for f in files]
 
 
+def write_bbc_corpus(root: Path, train_per_topic: int | dict[str, int] = 40, eval_per_topic: int = 8) -> Path:
+    """A corpus dir (docs/ARCHITECTURE.md layout): one domain per BBC topic, label = topic; every
+    topic with ``train_per_topic`` training documents, or the topics of a dict with their counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts = train_per_topic if isinstance(train_per_topic, dict) else \
+        {p.name: train_per_topic for p in sorted(bbc_dir().iterdir()) if p.is_dir()}
+    for topic, n in counts.items():
+        files = sorted((bbc_dir() / topic).glob("*.txt"))[: n + eval_per_topic]
+        for split, chunk in (("documents", files[:n]), ("eval", files[n:])):
+            rows = {"id": [f"{topic}/{f.stem}" for f in chunk],
+                    "text": [f.read_text(encoding="utf-8", errors="replace") for f in chunk],
+                    "domain": [topic] * len(chunk), "label": [topic] * len(chunk), "source": [f.name for f in chunk]}
+            out = Path(root) / split / topic / "shard-00000.parquet"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table(rows), out)
+    return Path(root)
+
+
 def free_port() -> int:
     """A free local TCP port (gloo rendezvous)."""
     with socket.socket() as s:

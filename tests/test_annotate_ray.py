@@ -133,7 +133,7 @@ def assert_same_tokens(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bbc_corpus(tmp_path_factory):
-    from conftest import write_bbc_corpus
+    from helpers import write_bbc_corpus
 
     return write_bbc_corpus(tmp_path_factory.mktemp("bbc"), train_per_topic=12, eval_per_topic=6)
 

@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import assert_same_run, bbc_dir, train_cfg, train_interrupted
+from helpers import assert_same_run, train_cfg, train_interrupted, write_bbc_corpus
 from toremi.config import ConfigError
 from toremi.data.loader import BatchLoader
 from toremi.data.shards import TokenDataset
@@ -319,16 +317,7 @@ def contract(tmp_path_factory) -> Contract:
     from toremi.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("contract")
-    for topic, n in DOCS.items():
-        files = sorted((bbc_dir() / topic).glob("*.txt"))[: n + 2]
-        for split, chunk in (("documents", files[:n]), ("eval", files[n:])):
-            out = root / "corpus" / split / topic / "shard-00000.parquet"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({
-                "id": [f"{topic}/{f.stem}" for f in chunk],
-                "text": [f.read_text(encoding="utf-8", errors="replace") for f in chunk],
-                "domain": [topic] * len(chunk), "label": [topic] * len(chunk),
-                "source": [f.name for f in chunk]}), out)
+    write_bbc_corpus(root / "corpus", DOCS, eval_per_topic=2)
     tokens = prepare(PrepareConfig(corpus=root / "corpus", out=root / "tokens", tokenizer="bpe:512",
                                    seq_len=64, topics_from="label", bpe_train_mb=0.3))
     return Contract(tokens, root)
