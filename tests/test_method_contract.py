@@ -2,7 +2,8 @@
 
 - state round-trip: ``state_dict`` -> torch.save/load(weights_only) -> ``load_state_dict`` gives the
   same state, and the same records and weights at the following updates;
-- resume: a real run stopped mid-interval and resumed equals the uninterrupted run, bit for bit;
+- resume: a real run stopped mid-interval and resumed equals the uninterrupted run, bit for bit
+  (one document per window, and packed windows);
 - weights reach the step: in a real run, each step's gradient is that of Σ s_i l_i / Σ s_i (or / N)
   with s from the weights the method logged (in force at that step), computed here by hand; and
   the loader samples topics with the probabilities the method logged (sampling methods) or not at
@@ -208,6 +209,13 @@ class Contract:
         run = train_interrupted(self.tokens, tmp / "resumed", *self.args(name, variant), stop=STOP, base=BASE)
         assert_same_run(ref, run, f"{name}-{variant} stopped at step {STOP} and resumed")
 
+    def resume_packed(self, name: str, variant: str, tmp: Path) -> None:
+        """The same on packed windows (``packing=docs``: per-token weights, per-segment statistics)."""
+        args = [*self.args(name, variant), "packing=docs"]
+        ref = train(self.config(args, tmp / "ref"))
+        run = train_interrupted(self.tokens, tmp / "resumed", *args, stop=STOP, base=BASE)
+        assert_same_run(ref, run, f"{name}-{variant} on packed windows stopped at step {STOP} and resumed")
+
     def in_force(self, name: str, variant: str) -> tuple[list, list]:
         """Per step: (loss weights, sampling probs or None) the method had set before it."""
         out, _ = self.run(name, variant)
@@ -331,6 +339,11 @@ def test_state_round_trip(name, variant, contract):
 @pytest.mark.parametrize("name,variant", CASES, ids=IDS)
 def test_resume_is_bit_exact(name, variant, contract, tmp_path):
     contract.resume(name, variant, tmp_path)
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_resume_is_bit_exact_on_packed_windows(name, variant, contract, tmp_path):
+    contract.resume_packed(name, variant, tmp_path)
 
 
 @pytest.mark.parametrize("name,variant", CASES, ids=IDS)
