@@ -182,7 +182,7 @@ def test_diff_tokens_sees_one_changed_byte(tmp_path):
 
 @pytest.fixture(scope="module")
 def bbc_corpus(tmp_path_factory):
-    from conftest import write_bbc_corpus
+    from helpers import write_bbc_corpus
 
     return write_bbc_corpus(tmp_path_factory.mktemp("bbc"), train_per_topic=12, eval_per_topic=6)
 

@@ -5,11 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-
-def toremi(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "toremi.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+from helpers import toremi_cli as toremi
 
 
 def test_usage_and_unknown_stage():

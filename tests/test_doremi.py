@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
+from helpers import train_cfg
 from toremi.config import ConfigError, load_config
 from toremi.io import read_jsonl
 from toremi.methods import MethodConfig, build_method
@@ -44,10 +46,8 @@ def test_doremi_without_a_run_says_what_is_missing(tmp_path):
         build_method(MethodConfig(name="doremi", weights_from=str(tmp_path)), 3)
 
 
-def _cfg(tokens, out, *overrides):
-    base = [f"tokens_dir={tokens}", f"out={out}", "steps=8", "batch_size=4", "log_every=2",
-            "eval_every=0", "eval_batches=1", "progress=false", "optim.warmup_steps=2"]
-    return load_config(TrainConfig, None, base + list(overrides))
+_cfg = partial(train_cfg, base=["steps=8", "batch_size=4", "log_every=2", "eval_every=0", "eval_batches=1",
+                                "progress=false", "optim.warmup_steps=2"])
 
 
 def test_reference_proxy_main_chain(tiny_tokens, tmp_path):

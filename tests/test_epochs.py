@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_guards_resume import assert_identical_runs, cfg, interrupted
+from helpers import assert_same_run, train_cfg, train_interrupted
 from toremi import cli
 from toremi.data.loader import BatchLoader
 from toremi.data.shards import TokenDataset
@@ -51,7 +51,7 @@ def test_counters_match_a_hand_count(packing, tiny_tokens, tmp_path, monkeypatch
         return orig(self, batches)
 
     monkeypatch.setattr(StepEngine, "train_step", recording)
-    run = train(cfg(tiny_tokens, tmp_path / "run", "method.name=oracle", "method.oracle.topic=1",
+    run = train(train_cfg(tiny_tokens, tmp_path / "run", "method.name=oracle", "method.oracle.topic=1",
                     "method.oracle.factor=3", "steps=6", "eval_every=0", f"packing={packing}"))
     ds = TokenDataset(tiny_tokens, packing=packing)
     avail = hand_tokens(ds, np.arange(len(ds)))
@@ -72,7 +72,7 @@ def test_counters_match_a_hand_count(packing, tiny_tokens, tmp_path, monkeypatch
 
 
 def test_sampling_runs_log_no_weighted_epochs(tiny_tokens, tmp_path):
-    run = train(cfg(tiny_tokens, tmp_path / "run", "method.name=stratified", "steps=2", "eval_every=0"))
+    run = train(train_cfg(tiny_tokens, tmp_path / "run", "method.name=stratified", "steps=2", "eval_every=0"))
     info = read_json(run / "run.json")
     assert "topic_weighted_epochs" not in info and len(info["topic_epochs"]) == 5
 
@@ -118,22 +118,22 @@ def test_cap_the_budget_cannot_hold_is_refused_up_front(tiny_tokens, tmp_path, c
     assert cli.main([*argv[:5], "method=uniform", *argv[6:]]) == 2
     assert "natural mix" in capsys.readouterr().err and not out.exists()
     with pytest.raises(Exception, match="max_repetition must be > 0"):
-        cfg(tiny_tokens, out, "max_repetition=0")
+        train_cfg(tiny_tokens, out, "max_repetition=0")
 
 
 def test_resume_keeps_the_counters_and_the_cap(tiny_tokens, tmp_path):
     args = ["method.name=stratified", "method.stratified.tau=0.2", "max_repetition=0.05", "eval_every=0",
             "batch_size=16"]
-    ref = train(cfg(tiny_tokens, tmp_path / "ref", *args))
+    ref = train(train_cfg(tiny_tokens, tmp_path / "ref", *args))
     ep = read_json(ref / "run.json")["topic_epochs"]
     assert max(ep) >= 0.05, f"the cap binds during the run: {ep}"
-    interrupted(tiny_tokens, tmp_path / "resumed", *args, stop=3)
-    assert_identical_runs(ref, tmp_path / "resumed", "capped stratified across resume")
+    train_interrupted(tiny_tokens, tmp_path / "resumed", *args, stop=3)
+    assert_same_run(ref, tmp_path / "resumed", "capped stratified across resume")
     # a loss-weight method with a mid-interval checkpoint: weighted tokens of the open interval
     args = ["method.name=toremi", "method.interval=4", "eval_every=0"]
-    ref = train(cfg(tiny_tokens, tmp_path / "ref2", *args))
-    interrupted(tiny_tokens, tmp_path / "resumed2", *args, stop=3)
-    assert_identical_runs(ref, tmp_path / "resumed2", "toremi weighted epochs across resume")
+    ref = train(train_cfg(tiny_tokens, tmp_path / "ref2", *args))
+    train_interrupted(tiny_tokens, tmp_path / "resumed2", *args, stop=3)
+    assert_same_run(ref, tmp_path / "resumed2", "toremi weighted epochs across resume")
     keys = ("topic_tokens_seen", "topic_epochs", "topic_weighted_epochs")
     a, b = read_json(ref / "run.json"), read_json(tmp_path / "resumed2" / "run.json")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}

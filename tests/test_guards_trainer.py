@@ -8,22 +8,21 @@ public step API); everything else is read from the run's own logs and checkpoint
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from toremi.config import load_config
+from helpers import train_cfg
 from toremi.io import read_jsonl
 from toremi.tokenizer import from_file
-from toremi.train import TrainConfig, checkpoint, train
+from toremi.train import checkpoint, train
 from toremi.train.step import StepEngine
 
 
-def cfg(tokens, out, *overrides) -> TrainConfig:
-    base = [f"tokens_dir={tokens}", f"out={out}", "steps=6", "batch_size=4", "accum=1",
-            "log_every=1", "eval_every=0", "eval_batches=1", "progress=false", "device=cpu"]
-    return load_config(TrainConfig, None, base + list(overrides))
+cfg = partial(train_cfg, base=["steps=6", "batch_size=4", "accum=1", "log_every=1", "eval_every=0",
+                               "eval_batches=1", "progress=false", "device=cpu"])
 
 
 def observe(monkeypatch, fn):

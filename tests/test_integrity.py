@@ -20,24 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SRC
+from helpers import toremi_cli as toremi
 from toremi.io import read_json, read_jsonl
 from toremi.train import checkpoint
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 BASE = ["steps=4", "batch_size=4", "log_every=2", "eval_every=0", "eval_batches=1",
         "progress=false", "optim.warmup_steps=1", "method.interval=2"]
 
 
 def env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": SRC, **extra}
-
-
-def toremi(*args, check_rc=None, **kw):
-    out = subprocess.run([sys.executable, "-m", "toremi.cli", *map(str, args)], capture_output=True,
-                         text=True, env=env(), timeout=300, **kw)
-    if check_rc is not None:
-        assert out.returncode == check_rc, out.stderr[-2000:] + out.stdout[-2000:]
-    return out
 
 
 def error_line(out) -> str:

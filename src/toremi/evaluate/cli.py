@@ -106,7 +106,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     """Evaluate one checkpoint; returns (and writes) the eval.json record."""
     from toremi.evaluate.model_io import check_tokenizer_fingerprint, load_model, resolve_run
     from toremi.evaluate.downstream import classify, piqa
-    from toremi.evaluate.perplexity import domain_perplexity, filter_script, heldout_domains, read_heldout
+    from toremi.evaluate.perplexity import (NoDocuments, domain_perplexity, filter_script, heldout_domains,
+                                            read_heldout)
     from toremi.evaluate.probe import linear_probe
     from toremi.io import atomic_write_json
 
@@ -160,8 +161,12 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
             continue
         docs = read_heldout(cfg.corpus, domain, cfg.max_docs)
         ids, texts, dropped = filter_script(docs["id"], docs["text"], cfg.script_filter, cfg.min_script_share)
-        stats = domain_perplexity(lm, texts, cfg.stride, cfg.batch_size, cfg.max_tokens,
-                                  desc=f"ppl {domain}", max_doc_tokens=cfg.max_doc_tokens, ids=ids)
+        try:
+            stats = domain_perplexity(lm, texts, cfg.stride, cfg.batch_size, cfg.max_tokens,
+                                      desc=f"ppl {domain}", max_doc_tokens=cfg.max_doc_tokens, ids=ids)
+        except NoDocuments as exc:  # an empty domain: the others are still scored
+            skip(f"domain {domain}", str(exc))
+            continue
         result["domains"][domain] = {**stats, "skipped_script": dropped}
         log(f"eval: {domain:<12} ppl {stats['ppl']:9.2f}  bpb {stats['bpb']:.4f}  "
             f"({stats['tokens']} tokens, {stats['docs']} docs)")

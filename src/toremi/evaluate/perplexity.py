@@ -77,6 +77,10 @@ def filter_script(ids: list, texts: list[str], script: str | None, min_share: fl
             [i for i, k in zip(ids, keep) if not k])
 
 
+class NoDocuments(ValueError):
+    """A domain with nothing to score (no documents, or only empty ones)."""
+
+
 def heldout_domains(corpus_dir: Path) -> list[str]:
     root = layout.corpus_documents(corpus_dir, "heldout")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) \
@@ -133,7 +137,7 @@ def domain_perplexity(lm: LoadedModel, texts: list[str], stride: int | None = No
         if max_tokens is not None and n_tokens >= max_tokens:
             break
     if not windows:
-        raise ValueError("no non-empty documents to evaluate")
+        raise NoDocuments("no non-empty documents to evaluate")
     ll, _ = score(lm, windows, np.array(scored), batch_size=batch_size, progress=desc)
     assert sum(scored) == n_tokens
     nll_sum = float(-ll.sum())

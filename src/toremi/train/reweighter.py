@@ -335,10 +335,7 @@ class Reweighter:
 
     def load_state_dict(self, sd: dict) -> None:
         version = sd.get("version")
-        if version is None and "loss_sum" in sd:  # hf.TopicReweighter before the Reweighter
-            sd = {"method": sd["method"], "steps": sd["steps"],
-                  "stats": {"loss": sd["loss_sum"], "count": sd["count"]}}
-        elif version != STATE_VERSION:
+        if version != STATE_VERSION:
             raise ValueError(f"reweighter state version {version} is not {STATE_VERSION} (this toremi); "
                              f"resume with the toremi that wrote it or start a new run")
         missing = sorted(set(self.stats.names) - set(sd["stats"]) - {"wtok"})  # wtok: newer than some states
