@@ -3,7 +3,7 @@
 Builds two small corpora (one shard per domain; several shards per domain with an empty document),
 runs ``toremi prepare`` with the source tree of ``--ref`` (``git archive``) and with this checkout,
 each on the local engine and on a local Ray, and compares the outputs file by file
-(``diff_tokens`` in tests/test_annotate_ray.py: bytes everywhere, except the zip timestamps of the
+(``diff_tokens`` in tests/annotate/test_ray_engine.py: bytes everywhere, except the zip timestamps of the
 ``.npz`` files and what depends on them or on the run, the paths and the clock). Exits 1 on any
 difference. Not a timing benchmark: a few minutes on two busy cores.
 

@@ -12,7 +12,7 @@ the corpus (``engine.name=ray``; ``pip install 'toremi[ray]'``).
   so only the keywords reach the driver.
 - label: per cluster on the driver; the attribute files are a streaming map.
 The per-shard work is the in-process engine's (annotate/maps.py), so outputs and markers are its
-outputs and markers (tests/test_annotate_ray.py).
+outputs and markers (tests/annotate/test_ray_engine.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pure update rules: tensors in, tensors out, no state, no I/O.
 
 Everything a method decides lives here so that it can be checked against hand-computed numbers
-(tests/test_methods.py). Weights and statistics are float64 so that every rank, given the same
+(tests/methods/test_methods.py). Weights and statistics are float64 so that every rank, given the same
 all-reduced statistics, computes bit-identical weights.
 
 Conventions: ``loss_sum[k]`` is the sum of per-sample losses of the samples that carry topic k in

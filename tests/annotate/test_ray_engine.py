@@ -29,7 +29,7 @@ from toremi.config import load_config  # noqa: E402
 from toremi.prepare import PrepareConfig, prepare  # noqa: E402
 from toremi.ray_cluster import EngineConfig, EngineError, connect  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +210,8 @@ def test_ray_prepare_resumes_after_the_driver_is_killed(ray_local, bbc_corpus, t
     prepare(prep_cfg(bbc_corpus, tmp_path / "local"))
     (faults / "pause-prepare-4").touch()  # shard 4 of 10 waits; the others finish
     address = ray.get_runtime_context().gcs_address
-    code = ("import sys; from toremi.prepare import prepare; sys.path.insert(0, 'tests');"
-            "from test_annotate_ray import prep_cfg;"
+    code = ("import sys; from toremi.prepare import prepare; sys.path.insert(0, 'tests'); sys.path.insert(0, 'tests/annotate');"
+            "from test_ray_engine import prep_cfg;"
             f"prepare(prep_cfg({str(bbc_corpus)!r}, {str(out)!r}, 'engine.name=ray', 'engine.address={address}'))")
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     driver = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(SRC).parent,

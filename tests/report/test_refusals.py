@@ -101,7 +101,7 @@ def test_report_runs_refuses_a_duplicate(tmp_path, capsys):
     assert "two runs are uniform seed 1" in capsys.readouterr().err
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("grid, exclude", [("quality_leakfree", []), ("noise_quality", []), ("cap_cpu", []),

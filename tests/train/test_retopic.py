@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_bbc_corpus
+from helpers import write_bbc_corpus
 from test_remap import NEW_NAMES, OLD_NAMES, annotate_by_hand, new_topics, old_topics, prepare_with
 from toremi import cli
 from toremi.io import read_json, read_jsonl

@@ -213,7 +213,7 @@ def test_per_topic_epochs_panel_and_table(tmp_path):
     report shows per-topic epochs per method as a figure and a table, values as recorded."""
     from PIL import Image
 
-    grid = Path(__file__).resolve().parents[1] / "docs" / "results" / "cap_cpu"
+    grid = Path(__file__).resolve().parents[2] / "docs" / "results" / "cap_cpu"
     out = tmp_path / "rep"
     assert report_main(["--experiment", str(grid), "--out", str(out)]) == 0
     with Image.open(out / "epochs.png") as im:
