@@ -75,7 +75,7 @@ METHOD_INPUTS = {
                "sampling-schedule": lambda s: [f"method.replay.source={s.proxy}", "method.replay.apply=sampling",
                                                "method.replay.mode=schedule"]},
     "oracle": {"topic-1": lambda s: ["method.oracle.topic=1"]},
-    "toremi-noise": {"warmup-1": lambda s: ["method.toremi-noise.warmup_updates=1"]},
+    "toremi-noise": {"warmup-1": lambda s: ["method.toremi-noise.warmup_updates=1", "method.toremi-noise.emphasis=true"]},
     # EXP3's exploration keeps 5 topics uniform for 8 updates: 12 updates, 3 of them adaptive
     "odm": {"interval-1": lambda s: ["method.interval=1", "steps=12"]},
 }

@@ -68,7 +68,7 @@ def simulate(cfg: MethodConfig, updates: int = 20):
 
 def test_noise_is_not_emphasised_then_turned_down():
     opts = dict(interval=1, switch="fraction", switch_fraction=0.5, alpha=0.5)
-    m, path = simulate(MethodConfig(name="toremi-noise", **opts))
+    m, path = simulate(MethodConfig(name="toremi-noise", emphasis=True, **opts))
     stage1 = [r for r in path if r["stage"] == 1]
     mean = lambda r: sum(r["weights"]) / 3
     assert max(r["weights"][2] / mean(r) for r in stage1) <= 1.0
@@ -85,7 +85,7 @@ def test_noise_is_not_emphasised_then_turned_down():
 def test_de_emphasis_only_turns_down_the_noise_and_nothing_else():
     """emphasis=false: the noisy topic goes down from the update that flags it (in Stage 1 too),
     the hard and the easy topic stay at exactly 1 throughout."""
-    opts = dict(interval=1, switch="fraction", switch_fraction=0.5, alpha=0.5, emphasis=False)
+    opts = dict(interval=1, switch="fraction", switch_fraction=0.5, alpha=0.5)  # emphasis=False: the default
     m, path = simulate(MethodConfig(name="toremi-noise", **opts))
     assert all(r["weights"][0] == 1.0 and r["weights"][1] == 1.0 for r in path)
     flagged = next(i for i, r in enumerate(path) if r["diagnosis"][2] == "noisy")
