@@ -104,7 +104,7 @@ class NoiseAwareOptions(ToReMiOptions):
     # False (default) = de-emphasis only: no topic is ever up-weighted; a topic flagged noisy is
     # turned down by Stage 2's rule from the update it is flagged; every other weight stays 1.
     # True = the paper's Stage-1 emphasis of the learnable topics above the mean. At the quality
-    # budget that emphasis cost +0.058 +/- 0.011 nats on clean data and +0.057 with a noisy topic
+    # budget that emphasis cost +0.054 +/- 0.007 nats on clean data and +0.057 with a noisy topic
     # (docs/results/quality_more, noise_quality), so it is opt-in.
     emphasis: bool = False
 
