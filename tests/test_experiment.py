@@ -87,7 +87,7 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
 
     assert report_main(["--experiment", str(exp), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert page.count("<img") == 5 and "toremi-authors-s2" in page  # forest + 4; no noise panel
+    assert page.count("<img") == 6 and "toremi-authors-s2" in page  # forest + 4 + epochs; no noise panel
     # The per-run files alone rebuild the tables: export, recompute, compare; a changed file shows.
     grid = tmp_path / "grid"
     assert report_main(["--export", str(exp), "--out", str(grid)]) == 0
