@@ -163,15 +163,15 @@ def machinery_ms(engine: StepEngine, batch: Batch, reps: int = 100) -> tuple[flo
     b, t = batch.labels.shape
     ce = torch.rand(b, t, device=engine.dev, requires_grad=True)
     mask = batch.labels != -100
-    weights, stats = engine.w_dev.tolist(), {}
+    weights, stats = engine.rw.w_dev.tolist(), {}
 
     def ours():
         n = mask.sum(1)
         l = (ce * mask).sum(1) / n.clamp(min=1)
-        s = rules.sample_weights(engine.w_dev, batch.topic_ids, 1.0) * (n > 0)
+        s = rules.sample_weights(engine.rw.w_dev, batch.topic_ids, 1.0) * (n > 0)
         loss = (s * l).sum() / s.sum().clamp(min=1e-12)
         valid = (n > 0) & torch.isfinite(l)
-        rules.accumulate_topic_stats(engine.stat_loss, engine.stat_count, l, batch.topic_ids, valid)
+        rules.accumulate_topic_stats(engine.rw.loss_sum, engine.rw.count, l, batch.topic_ids, valid)
         win = engine.window
         rules.accumulate_topic_stats(win.topics["loss"], win.topics["count"], l, batch.topic_ids, valid)
         win.sums.token_loss += (l.detach().double() * n * valid).sum()
@@ -355,10 +355,10 @@ def main(argv=None) -> int:
         s_n = len(bt.seg_topics)
 
         def packed_ours():
-            s = segments.token_weights(e.w_dev, bt.seg_topics, bt.seg_ids, 1.0)
+            s = segments.token_weights(e.rw.w_dev, bt.seg_topics, bt.seg_ids, 1.0)
             loss = (s * ce).sum() / s.sum()
             sl, sn = segments.segment_stats(ce, bt.seg_ids, s_n)
-            segments.accumulate(e.stat_loss, e.stat_count, sl, sn, bt.seg_topics, bt.seg_bytes)
+            segments.accumulate(e.rw.loss_sum, e.rw.count, sl, sn, bt.seg_topics, bt.seg_bytes)
             segments.accumulate(e.window.topics["loss"], e.window.topics["count"], sl, sn, bt.seg_topics,
                                 bt.seg_bytes)
             return loss

@@ -140,7 +140,7 @@ def test_flags_lists_and_overrides_meet_in_one_place(tmp_path):
     assert cfg.exclude == ["news", "legal"] and cfg.check is True
     cfg = TRAIN.parse(["--tokens", "T", "--no-progress", "--optim.lr", "3e-4", "method=toremi",
                        "--method.toremi.alpha", "0.5", "--model.attention", "doc"])
-    assert (str(cfg.tokens_dir), cfg.progress, cfg.optim.lr, cfg.method.alpha, cfg.model.attention) == \
+    assert (str(cfg.tokens_dir), cfg.progress, cfg.optim.lr, cfg.method.opts.alpha, cfg.model.attention) == \
         ("T", False, 3e-4, 0.5, "doc")
     with pytest.raises(ConfigError, match=r"optim.lr is given twice, as --optim.lr 1 and as optim.lr=2"):
         TRAIN.parse(["--optim.lr", "1", "optim.lr=2"])

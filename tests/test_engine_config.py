@@ -40,7 +40,7 @@ def test_a_method_registered_outside_the_package_trains(tiny_tokens, tmp_path):
             f"tokens_dir={tiny_tokens}", f"out={tmp_path / 'run'}", "steps=4", "batch_size=2",
             "eval_every=0", "eval_batches=1", "progress=false", "method.name=test-boost",
             "method.test-boost.factor=3"])
-        assert cfg.method.interval == 2 and cfg.method.factor == 3.0
+        assert cfg.method.interval == 2 and cfg.method.opts.factor == 3.0
         w = read_jsonl(train(cfg) / "weights.jsonl")
         assert [r["weights"][0] for r in w] == [3.0, 9.0] and w[-1]["weights"][1:] == [1.0] * 4
         with pytest.raises(ConfigError, match=r"method.factor is an option of method .*test-boost"):
@@ -56,10 +56,13 @@ def test_option_errors_name_the_owner_and_the_registered_methods():
         load_config(TrainConfig, None, ["method.name=toremi", "method.tau=2"])
     with pytest.raises(ConfigError, match=r"method.odm: these are options of method 'odm'"):
         load_config(TrainConfig, None, ["method.name=toremi", "method.odm.smoothing=0.5"])
-    # flat keys of earlier versions still work, and the saved config round-trips
-    old = load_config(TrainConfig, None, ["method.name=odm", "method.odm_smoothing=0.5"])
+    # a renamed key of earlier versions is refused with the valid ones; the short flat form of a
+    # field equals the nested one, and the saved config round-trips
+    with pytest.raises(ConfigError, match=r"unknown config key method.odm_smoothing.*'smoothing'"):
+        load_config(TrainConfig, None, ["method.name=odm", "method.odm_smoothing=0.5"])
+    flat = load_config(TrainConfig, None, ["method.name=odm", "method.smoothing=0.5"])
     new = load_config(TrainConfig, None, ["method.name=odm", "method.odm.smoothing=0.5"])
-    assert old.method.options() == new.method.options() and new.method.smoothing == 0.5
+    assert flat.method.options() == new.method.options() and new.method.opts.smoothing == 0.5
     saved = to_dict(new)["method"]
     assert saved == {"name": "odm", "interval": 1, "loss_norm": "weighted_mean",
                      "unlabelled_weight": 1.0, "stat_unit": "token", "odm": {"smoothing": 0.5}}
@@ -96,7 +99,7 @@ def test_experiment_typo_fails_at_load_naming_key(tmp_path):
     cfg = write(tmp_path, EXP.format(out=tmp_path / "o", ref="uniform", eval="max_docs: 4"))
     exp = load_config(ExperimentConfig, cfg)
     tc = train_config(exp, exp.methods[1], 2, Path("/t"), tmp_path / "o" / "runs" / "proxy-s2")
-    assert tc.method.reference == str(tmp_path / "o" / "runs" / "uniform-s2")
+    assert tc.method.opts.reference == str(tmp_path / "o" / "runs" / "uniform-s2")
 
 
 def test_python_dash_m_toremi():
@@ -232,7 +235,7 @@ def test_stage_clis_share_the_flag_path(tmp_path):
 
     cfg = parse(["--tokens", "T", "--out", "O", "--resume", "method=toremi", "preset=authors"])
     assert (str(cfg.tokens_dir), str(cfg.out), cfg.resume) == ("T", "O", "must")
-    assert cfg.method.name == "toremi" and cfg.method.preset == "authors"
+    assert cfg.method.name == "toremi" and cfg.method.opts.preset == "authors"
     with pytest.raises(ConfigError, match="out is given twice"):
         parse(["--out", "O", "out=P"])
     from toremi.evaluate.cli import main as eval_main

@@ -44,11 +44,11 @@ def test_stage2_gets_min_updates(total, interval, stage2_updates):
 
 
 def test_oracle_weights_one_topic():
-    m = build_method(MethodConfig(name="oracle", oracle_topic=2, oracle_factor=3.0), 4, 10)
+    m = build_method(MethodConfig(name="oracle", opts={"topic": 2, "factor": 3.0}), 4, 10)
     m.update(5, t(1, 2, 3, 4), t(1, 1, 1, 1))
     assert m.topic_weights.tolist() == [1, 1, 3, 1] and m.sampling_probs is None
     with pytest.raises(ValueError, match="topic=7"):
-        build_method(MethodConfig(name="oracle", oracle_topic=7), 4, 10)
+        build_method(MethodConfig(name="oracle", opts={"topic": 7}), 4, 10)
 
 
 # -- controls on real training runs ---------------------------------------------------------------

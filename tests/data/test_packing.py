@@ -260,9 +260,9 @@ def test_packed_step_is_sync_free(tiny_tokens, monkeypatch, compile, attention):
     e.set_weights(torch.linspace(0.5, 2.0, ds.num_topics, dtype=torch.float64))
     batches = [[loader.next_batch(), loader.next_batch()] for _ in range(3)]
     e.train_step(batches[0])  # warm-up (compilation)
-    before = e.stat_count.clone()
+    before = e.rw.count.clone()
     assert _count_syncs(monkeypatch, lambda: [e.train_step(b) for b in batches[1:]]) == []
-    assert e.stat_count[:ds.num_topics].sum() > before[:ds.num_topics].sum()
+    assert e.rw.count[:ds.num_topics].sum() > before[:ds.num_topics].sum()
     assert torch.isfinite(e.window.sums.tensor).all() and int(e.bad.skipped) == 0
 
 

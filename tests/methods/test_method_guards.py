@@ -27,7 +27,7 @@ def test_odm_object_uses_its_options_and_counts_updates():
     """Through ``build_method``: ε_t = min(1/K, sqrt(ln K / (K t))) keeps the probabilities exactly
     uniform while 1/K is the smaller term (t <= K ln K), so run past that, to t = 12."""
     K, s = 4, 0.5
-    m = build_method(MethodConfig(name="odm", odm_smoothing=s), K, 100)
+    m = build_method(MethodConfig(name="odm", smoothing=s), K, 100)
     reward, probs = [0.0] * K, [1 / K] * K
     g = torch.Generator().manual_seed(1)
     for t in range(1, 13):

@@ -105,10 +105,11 @@ def test_exp3_update_by_hand():
 
 def test_presets_and_explicit_override():
     a = MethodConfig(name="toremi", preset="authors")
-    assert (a.rule, a.interval, a.beta, a.gamma, a.switch, a.switch_step, a.loss_norm) == \
+    o = a.opts
+    assert (o.rule, a.interval, o.beta, o.gamma, o.switch, o.switch_step, a.loss_norm) == \
         ("multiplicative", 100, 5.0, 0.1, "step", 7000, "mean")
     p = MethodConfig(name="toremi")
-    assert (p.preset, p.rule, p.loss_norm, p.switch) == ("paper", "additive", "weighted_mean", "fraction")
+    assert (p.opts.preset, p.opts.rule, p.loss_norm, p.opts.switch) == ("paper", "additive", "weighted_mean", "fraction")
     assert MethodConfig(name="toremi", preset="authors", interval=7).interval == 7
     with pytest.raises(ValueError):
         MethodConfig(name="uniform", preset="authors")
@@ -118,7 +119,7 @@ def test_presets_and_explicit_override():
 
 def test_method_config_from_yaml_overrides(tmp_path):
     cfg = load_config(MethodConfig, None, ["name=toremi", "preset=authors", "below_mean=reset"])
-    assert cfg.below_mean == "reset" and cfg.rule == "multiplicative"
+    assert cfg.opts.below_mean == "reset" and cfg.opts.rule == "multiplicative"
     with pytest.raises(ConfigError):
         load_config(MethodConfig, None, ["name=toremi", "below_mean=sometimes"])
 

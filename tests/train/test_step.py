@@ -140,8 +140,8 @@ def test_step_topic_statistics_use_real_lengths():
                         want_loss[t] += l
                         want_count[t] += 1
     K = len(TOPIC_W)
-    assert eng.stat_count[:K].tolist() == want_count.tolist(), "per-topic sample counts"
-    torch.testing.assert_close(eng.stat_loss[:K], want_loss, rtol=1e-5, atol=1e-6,
+    assert eng.rw.count[:K].tolist() == want_count.tolist(), "per-topic sample counts"
+    torch.testing.assert_close(eng.rw.loss_sum[:K], want_loss, rtol=1e-5, atol=1e-6,
                                msg=lambda m: f"per-topic loss sums differ from the reference: {m}")
 
 
@@ -222,4 +222,4 @@ def test_cuda_step_runs_under_sync_debug_mode_error(stat_unit):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    assert torch.isfinite(eng.stat_loss).all()
+    assert torch.isfinite(eng.rw.loss_sum).all()

@@ -85,11 +85,10 @@ def method_info(name: str) -> MethodInfo:
 
 
 def _option_names(info: MethodInfo) -> dict[str, str]:
-    """Accepted key -> field name (fields plus the options class's ``ALIASES``)."""
+    """Accepted key -> field name: the fields of the method's options dataclass."""
     if info.options is None:
         return {}
-    names = {f.name: f.name for f in dataclasses.fields(info.options)}
-    return {**names, **getattr(info.options, "ALIASES", {})}
+    return {f.name: f.name for f in dataclasses.fields(info.options)}
 
 
 COMMON = ("name", "interval", "loss_norm", "unlabelled_weight", "stat_unit")
@@ -121,7 +120,7 @@ class MethodConfig:
         info = method_info(name)
         data = to_dict(opts) if dataclasses.is_dataclass(opts) else dict(opts or {})
         accepted = _option_names(info)
-        for key, value in flat.items():  # flat keys (method.alpha=...) as before the registry
+        for key, value in flat.items():  # flat keys: method.alpha=... for method.toremi.alpha=...
             if key not in accepted:
                 owners = sorted(n for n, i in REGISTRY.items() if key in _option_names(i))
                 if owners:
@@ -147,13 +146,6 @@ class MethodConfig:
             raise ConfigError(f"method.interval must be >= 1, got {self.interval}")
         if self.unlabelled_weight < 0:
             raise ConfigError("method.unlabelled_weight must be >= 0")
-
-    def __getattr__(self, key: str):
-        """``cfg.alpha`` reads the method's option (the flat access of earlier versions)."""
-        opts = self.__dict__.get("opts")
-        if opts is not None and key in _option_names(REGISTRY[self.__dict__["name"]]):
-            return getattr(opts, _option_names(REGISTRY[self.name])[key])
-        raise AttributeError(f"method {self.__dict__.get('name')!r} has no option {key!r}")
 
     @classmethod
     def from_config_dict(cls, data: dict, prefix: str = "method.") -> "MethodConfig":

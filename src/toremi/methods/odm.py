@@ -15,7 +15,6 @@ rules = lazy("toremi.methods.rules")
 @dataclass
 class ODMOptions:
     smoothing: float = 0.9  # reward moving-average factor
-    ALIASES = {"odm_smoothing": "smoothing"}  # the flat key of earlier versions
 
     def __post_init__(self):
         if not 0 <= self.smoothing < 1:

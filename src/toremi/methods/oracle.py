@@ -18,7 +18,6 @@ class OracleOptions:
     topic: int = 0        # topic index to up-weight
     factor: float = 3.0   # its loss weight
 
-    ALIASES = {"oracle_topic": "topic", "oracle_factor": "factor"}  # flat keys of earlier configs
 
     def __post_init__(self):
         if self.factor <= 0:

@@ -163,19 +163,6 @@ class StepEngine:
         self.bad.tensor.copy_(sd["bad"])
         self.window.load_state_dict(sd)
 
-    # -- reads for tests and benchmarks: the reweighting state lives in the Reweighter -----------
-    @property
-    def w_dev(self) -> torch.Tensor:
-        return self.rw.w_dev
-
-    @property
-    def stat_loss(self) -> torch.Tensor:
-        return self.rw.loss_sum
-
-    @property
-    def stat_count(self) -> torch.Tensor:
-        return self.rw.count
-
     def set_weights(self, topic_weights: torch.Tensor) -> None:
         """Fixed weights on the device (benchmarks); a method's own updates go via the Reweighter."""
         self.rw.w_dev = topic_weights.to(self.dev, torch.float32)
