@@ -129,7 +129,9 @@ def test_bad_requests_fail_clearly(corpus, tmp_path, capsys):
     with pytest.raises(ConfigError, match="tokens dir"):
         noise_main(["--corpus", str(corpus), "--out", str(tmp_path / "y"), "--kind", "tokens"])
     assert noise_main(["--tokens", str(tmp_path / "none"), "--out", str(tmp_path / "z")]) == 2
-    assert "manifest.json" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line naming the stage and the missing file; nothing written
+    assert err.startswith("toremi noise: ") and "manifest.json" in err and err.count("\n") == 1
+    assert not (tmp_path / "z").exists()
     with pytest.raises(ConfigError, match="differ"):
         noise_main(["--corpus", str(corpus), "--out", str(corpus)])
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +251,8 @@ def make_noise(cfg: NoiseConfig, log=print) -> dict:
     return noisy_corpus(cfg, log)
 
 
-STAGE = Stage("noise", NoiseConfig, lock=lambda cfg: cfg.out, doc=__doc__, defaults={"topic": "Technology"})
+STAGE = Stage("noise", NoiseConfig, lock=lambda cfg: cfg.out, doc=__doc__, defaults={"topic": "Technology"},
+              refuse=(FileNotFoundError,))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,9 +260,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _noise(cfg: NoiseConfig) -> int:
-    try:
-        make_noise(cfg)
-    except FileNotFoundError as exc:
-        print(f"toremi noise: {exc}", file=sys.stderr)
-        return 2
+    make_noise(cfg)
     return 0

@@ -20,6 +20,7 @@ import inspect
 import io
 import json
 import re
+import sys
 import textwrap
 import tokenize
 import types
@@ -60,6 +61,7 @@ class Stage:
     leading: str | None = None                 # a Literal key given as a bare first word (annotate's step)
     sections: Callable[[], dict] | None = None  # extra nested sections: {"method.toremi": ToReMiOptions}
     hidden: tuple = ()                         # keys not shown (filled by a section, e.g. method.opts)
+    refuse: tuple = ()                         # exceptions meaning bad input: one stderr line, exit 2
 
     def keys(self) -> list[Key]:
         out = [k for k in schema(self.config) if k.name not in self.hidden]
@@ -88,17 +90,24 @@ class Stage:
         cfg = self.parse(argv)
         where = self.lock(cfg)
         if where is None:
-            return int(body(cfg) or 0)
+            return self._call(body, cfg)
         where = Path(where)
         fresh, ok = not where.exists(), False
         with DirLock(where, self.name):
             try:
-                rc = int(body(cfg) or 0)
+                rc = self._call(body, cfg)
                 ok = rc == 0
                 return rc
             finally:
                 if fresh and not ok:  # a refused stage leaves no output dir behind (only its lock)
                     _remove_if_only_lock(where)
+
+    def _call(self, body: Callable[[Any], int | None], cfg) -> int:
+        try:
+            return int(body(cfg) or 0)
+        except self.refuse as exc:
+            print(f"toremi {self.name}: {exc}", file=sys.stderr)
+            return 2
 
 
 def _remove_if_only_lock(directory: Path) -> None:

@@ -20,7 +20,7 @@ from toremi.config import ConfigError
 from toremi.stage import Stage
 
 from .build import CorpusConfig, build
-from .ingest import IngestOptions
+from .ingest import IngestError, IngestOptions
 from .sources import DOMAINS, SourceMissing, sources_root
 
 # ``corpus ingest`` reads with IngestOptions and writes with CorpusConfig: one flat set of keys
@@ -34,9 +34,9 @@ IngestConfig = dataclasses.make_dataclass(
     namespace={"__doc_from__": (IngestOptions,), "__module__": __name__,
                "__doc__": "IngestOptions (what to read) + CorpusConfig (dedupe, split, write)."})
 
-BUILD = Stage("corpus build", CorpusConfig, lock=lambda cfg: cfg.out,
+BUILD = Stage("corpus build", CorpusConfig, lock=lambda cfg: cfg.out, refuse=(SourceMissing,),
               doc="Build the multi-domain corpus from the shipped sources (resumes an interrupted build).")
-INGEST = Stage("corpus ingest", IngestConfig, lock=lambda cfg: cfg.out,
+INGEST = Stage("corpus ingest", IngestConfig, lock=lambda cfg: cfg.out, refuse=(IngestError,),
                doc="Turn your own documents into a corpus directory (same layout and manifest as build).")
 
 
@@ -48,11 +48,7 @@ def _split(cfg) -> tuple[IngestOptions, CorpusConfig]:
 
 
 def _build(cfg: CorpusConfig) -> int:
-    try:
-        build(cfg)
-    except SourceMissing as exc:
-        print(f"toremi corpus build: {exc}", file=sys.stderr)
-        return 2
+    build(cfg)
     print(f"corpus written to {cfg.out}")
     return 0
 
@@ -60,15 +56,11 @@ def _build(cfg: CorpusConfig) -> int:
 def _ingest(cfg) -> int:
     from toremi.corpus.stream import return_freed_memory
 
-    from .ingest import IngestError, ingest
+    from .ingest import ingest
 
     opt, ccfg = _split(cfg)
     return_freed_memory()  # this process only ingests: let its RSS follow live memory
-    try:
-        ingest(opt, ccfg)
-    except IngestError as exc:
-        print(f"toremi corpus ingest: {exc}", file=sys.stderr)
-        return 2
+    ingest(opt, ccfg)
     print(f"corpus written to {cfg.out}")
     return 0
 
