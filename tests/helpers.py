@@ -127,3 +127,44 @@ def train_interrupted(tokens, run, *overrides: str, stop: int = 3, base: list[st
     train(train_cfg(tokens, run, *overrides, base=base))
     assert read_json(Path(run) / "run.json")["resumed_from"].endswith(f"step-{stop:07d}")
     return Path(run)
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def count_host_syncs(monkeypatch, fn) -> list[str]:
+    """Run ``fn()`` and return the Tensor -> host conversions it made (each one a device sync)."""
+    import torch
+
+    calls = []
+    for name in HOST_READS:
+        orig = getattr(torch.Tensor, name)
+
+        def patched(self, *a, _orig=orig, _name=name, **k):
+            calls.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, patched)
+    try:
+        fn()
+    finally:
+        monkeypatch.undo()
+    return calls
+
+
+def hf_tiny_train(items: list[dict], vocab_size: int, seq_len: int, num_topics: int, out: Path):
+    """Six steps of the HF ``Trainer`` path (ReweightingTrainer, a one-layer GPT-2, ToReMi every 2
+    steps, alpha 5) on ``items``; returns (trainer, reweighter, train output)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    from toremi.train.hf import ReweightingTrainer, TopicReweighter
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=32,
+                                       n_layer=1, n_head=2))
+    rw = TopicReweighter(num_topics, "toremi", total_steps=6, interval=2, alpha=5.0)
+    args = TrainingArguments(output_dir=str(out), max_steps=6, per_device_train_batch_size=4,
+                             learning_rate=1e-3, remove_unused_columns=False, report_to=[],
+                             use_cpu=True, save_strategy="no", logging_steps=2, disable_tqdm=True)
+    trainer = ReweightingTrainer(model=model, args=args, train_dataset=items, reweighter=rw)
+    return trainer, rw, trainer.train()

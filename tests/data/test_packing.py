@@ -27,6 +27,8 @@ from toremi.train import segments
 from toremi.train.distributed import Dist
 from toremi.train.step import StepEngine
 
+from helpers import count_host_syncs, hf_tiny_train
+
 
 
 def _check_pack(lengths, seq_len):
@@ -236,20 +238,6 @@ def test_doc_attention_equals_each_document_alone(tiny_tokens):
     assert not torch.allclose(full[0, ~first], causal[0, ~first], atol=1e-3)
 
 
-def _count_syncs(monkeypatch, fn):
-    calls = []
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
-        orig = getattr(torch.Tensor, name)
-
-        def patched(self, *a, _orig=orig, _name=name, **k):
-            calls.append(_name)
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, patched)
-    fn()
-    monkeypatch.undo()
-    return calls
-
-
 @pytest.mark.parametrize("compile,attention", [(False, "causal"), (False, "doc"), (True, "doc")])
 def test_packed_step_is_sync_free(tiny_tokens, monkeypatch, compile, attention):
     ds = TokenDataset(tiny_tokens)
@@ -261,7 +249,7 @@ def test_packed_step_is_sync_free(tiny_tokens, monkeypatch, compile, attention):
     batches = [[loader.next_batch(), loader.next_batch()] for _ in range(3)]
     e.train_step(batches[0])  # warm-up (compilation)
     before = e.rw.count.clone()
-    assert _count_syncs(monkeypatch, lambda: [e.train_step(b) for b in batches[1:]]) == []
+    assert count_host_syncs(monkeypatch, lambda: [e.train_step(b) for b in batches[1:]]) == []
     assert e.rw.count[:ds.num_topics].sum() > before[:ds.num_topics].sum()
     assert torch.isfinite(e.window.sums.tensor).all() and int(e.bad.skipped) == 0
 
@@ -315,10 +303,6 @@ def test_own_loop_accepts_segment_maps_and_per_token_topics(tiny_tokens):
 
 def test_hf_trainer_accepts_packed_rows(tiny_tokens, tmp_path):
     pytest.importorskip("accelerate")
-    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
-
-    from toremi.train.hf import ReweightingTrainer, TopicReweighter
-
     ds = TokenDataset(tiny_tokens)
     b = ds.gather(np.nonzero(np.diff(np.asarray(ds.pack["seg_ptr"])) >= 2)[0][::4][:32])  # 2+ pieces
     first = b["seg_ids"][:, :1]
@@ -331,14 +315,7 @@ def test_hf_trainer_accepts_packed_rows(tiny_tokens, tmp_path):
         topics[:n] = b["seg_topics"][int(first[r, 0]):int(first[r, 0]) + n]
         items.append({"input_ids": b["input_ids"][r], "labels": b["input_ids"][r], "topic_ids": topics,
                       "seg_ids": torch.cat([torch.tensor([-1]), local[r, :-1]])})  # aligned with labels
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=ds.vocab_size, n_positions=ds.seq_len, n_embd=32,
-                                       n_layer=1, n_head=2))
-    rw = TopicReweighter(ds.num_topics, "toremi", total_steps=6, interval=2, alpha=5.0)
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=6, per_device_train_batch_size=4,
-                             learning_rate=1e-3, remove_unused_columns=False, report_to=[],
-                             use_cpu=True, save_strategy="no", logging_steps=2, disable_tqdm=True)
-    out = ReweightingTrainer(model=model, args=args, train_dataset=items, reweighter=rw).train()
+    _, rw, out = hf_tiny_train(items, ds.vocab_size, ds.seq_len, ds.num_topics, tmp_path / "hf")
     assert np.isfinite(out.training_loss) and len(rw.records) == 3
     assert any(w != 1.0 for w in rw.topic_weights.tolist())
     pieces = sum(sum(r["topic_count"]) for r in rw.records)

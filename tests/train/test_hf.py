@@ -12,6 +12,8 @@ from toremi.methods import rules
 from toremi.model import GPT, GPTConfig, per_sample_loss
 from toremi.train.hf import TopicReweighter
 
+from helpers import hf_tiny_train
+
 
 def test_weighted_loss_matches_formula_and_updates(tiny_tokens, tmp_path):
     ds = TokenDataset(tiny_tokens)
@@ -41,23 +43,11 @@ def test_weighted_loss_matches_formula_and_updates(tiny_tokens, tmp_path):
 
 def test_hf_trainer_integration(tiny_tokens, tmp_path):
     pytest.importorskip("accelerate")
-    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
-
-    from toremi.train.hf import ReweightingTrainer
-
     ds = TokenDataset(tiny_tokens)
     rows = ds.gather(np.linspace(0, len(ds) - 1, 32).astype(np.int64))  # all five topics
     items = [{"input_ids": rows["input_ids"][i], "labels": rows["input_ids"][i],
               "topic_ids": rows["topic_ids"][i]} for i in range(32)]
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=ds.vocab_size, n_positions=ds.seq_len, n_embd=32,
-                                       n_layer=1, n_head=2))
-    rw = TopicReweighter(ds.num_topics, "toremi", total_steps=6, interval=2, alpha=5.0)
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=6, per_device_train_batch_size=4,
-                             learning_rate=1e-3, remove_unused_columns=False, report_to=[],
-                             use_cpu=True, save_strategy="no", logging_steps=2, disable_tqdm=True)
-    trainer = ReweightingTrainer(model=model, args=args, train_dataset=items, reweighter=rw)
-    out = trainer.train()
+    trainer, rw, out = hf_tiny_train(items, ds.vocab_size, ds.seq_len, ds.num_topics, tmp_path / "hf")
     assert np.isfinite(out.training_loss)
     assert len(rw.records) == 3 and rw.steps == 6
     assert any(w != 1.0 for w in rw.topic_weights.tolist()), [(r["topic_loss"], r["topic_count"]) for r in rw.records]

@@ -36,6 +36,25 @@ def observe(monkeypatch, fn):
     monkeypatch.setattr(StepEngine, "train_step", wrapped)
 
 
+def record_sample_losses(monkeypatch, per_step: list, token_bytes=None) -> None:
+    """Before every training step, append to ``per_step`` one row per sample, (loss, its topics),
+    computed here by hand from the model: mean NLL per target token, or per UTF-8 byte of the
+    targets when ``token_bytes`` (bytes of each token id) is given."""
+    def record(eng, batches):
+        rows = []
+        with torch.no_grad():
+            for b in batches:
+                logp = eng.model(b.input_ids).float().log_softmax(-1)
+                for i in range(len(b.labels)):
+                    m = b.labels[i] != -100
+                    nll = float(-logp[i, m].gather(1, b.labels[i, m][:, None]).sum())
+                    units = int(m.sum()) if token_bytes is None else int(token_bytes[b.labels[i, m]].sum())
+                    rows.append((nll / units, [int(t) for t in b.topic_ids[i] if t >= 0]))
+        per_step.append(rows)
+
+    observe(monkeypatch, record)
+
+
 # --------------------------------------------------------------------------- LR schedule
 def expected_lr(s: int, total: int, peak: float, warmup: int, lo: float, kind: str) -> float:
     """The LR of optimizer step s (0-based): linear warmup to ``peak`` over ``warmup`` steps, then
@@ -70,21 +89,7 @@ def test_topic_statistic_unit_end_to_end(unit, tiny_tokens, tmp_path, monkeypatc
     topic's samples of the NLL per target token, or per UTF-8 byte of the targets (stat_unit)."""
     tok_bytes = torch.as_tensor(np.asarray(from_file(tiny_tokens / "tokenizer.json").token_byte_lengths()))
     per_step = []
-
-    def record(eng, batches):
-        rows = []
-        with torch.no_grad():
-            for b in batches:
-                logp = eng.model(b.input_ids).float().log_softmax(-1)
-                for i in range(len(b.labels)):
-                    m = b.labels[i] != -100
-                    nll = -logp[i, m].gather(1, b.labels[i, m][:, None]).sum()
-                    n_bytes = int(tok_bytes[b.labels[i, m]].sum())
-                    l = float(nll) / (int(m.sum()) if unit == "token" else n_bytes)
-                    rows.append((l, [int(t) for t in b.topic_ids[i] if t >= 0]))
-        per_step.append(rows)
-
-    observe(monkeypatch, record)
+    record_sample_losses(monkeypatch, per_step, tok_bytes if unit == "byte" else None)
     run = tmp_path / unit
     train(cfg(tiny_tokens, run, "steps=2", "packing=none", "method.name=toremi", f"method.stat_unit={unit}",
               "method.interval=1"))
@@ -183,19 +188,7 @@ def test_trainer_trains_on_the_method_weights(method, tiny_tokens, tmp_path, mon
     is Σ s_i l_i / Σ s_i (loss_norm=mean: / N) with s_i from the weights the method logged at the
     previous update: the method's weights reach the step."""
     per_step = []
-
-    def record(eng, batches):
-        rows = []
-        with torch.no_grad():
-            for b in batches:
-                logp = eng.model(b.input_ids).float().log_softmax(-1)
-                for i in range(len(b.labels)):
-                    m = b.labels[i] != -100
-                    l = float(-logp[i, m].gather(1, b.labels[i, m][:, None]).mean())
-                    rows.append((l, [int(t) for t in b.topic_ids[i] if t >= 0]))
-        per_step.append(rows)
-
-    observe(monkeypatch, record)
+    record_sample_losses(monkeypatch, per_step)
     run = tmp_path / "run"
     extra = ["method.loss_norm=mean"] if method == "loss_norm=mean" else []
     train(cfg(tiny_tokens, run, "steps=6", "method.name=toremi", "method.interval=1", "method.alpha=20",
