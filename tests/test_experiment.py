@@ -2,10 +2,12 @@
 eval -> tables, then rerun to check that finished runs are skipped and interrupted ones resume."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 import pytest
 import yaml
 
@@ -107,9 +109,21 @@ def test_experiment_runs_skips_and_resumes(tmp_path, capsys):
     # Fourth pass with other eval settings: every eval.json is redone (old numbers must not stay
     # in the tables), and the log says which setting changed.
     assert experiment_main(["--config", str(path), "eval.max_doc_tokens=20"]) == 0
-    assert capsys.readouterr().out.count("eval settings changed: max_doc_tokens") == 4
+    log = capsys.readouterr().out
+    assert log.count("(max_doc_tokens ") == 4 and log.count(" -> 20 changed)") == 4, log
     for p in mtimes:
         assert read_json(p)["domains"]["news"]["max_doc_tokens"] == 20
+    # eval.json's done marker vouches for its bytes and for the model it scored: an edited
+    # eval.json, or another model in final/, is evaluated again (and only that run).
+    ev_path = exp / "runs" / "uniform-s2" / "eval.json"
+    ev_path.write_text(ev_path.read_text().replace('"nll"', '"nll" ', 1))
+    shutil.copy(exp / "runs" / "toremi-authors-s1" / "final" / "model.safetensors",
+                exp / "runs" / "uniform-s1" / "final" / "model.safetensors")
+    assert experiment_main(["--config", str(path), "eval.max_doc_tokens=20"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("experiment: evaluating") == 2, log
+    assert "evaluating uniform-s2 (eval.json changed after it was written" in log
+    assert "evaluating uniform-s1 (model_sha256 " in log
 
 
 @pytest.mark.parametrize("name", ["quality.yaml", "noise.yaml"])

@@ -269,9 +269,14 @@ def stale_eval(run_dir: Path, ecfg) -> str | None:
     """Why the run's eval.json must be (re)computed, or None when it is current: missing, older
     than the model, or made with other eval settings (a changed `eval:` section must not leave
     old numbers in the tables)."""
+    from toremi.evaluate.cli import eval_inputs
+
     ev = layout.run_eval(run_dir)
     if not ev.exists():
         return "no eval.json"
+    if done.read(ev) is not None:  # the marker records the settings and the model it scored
+        return done.why_redo(ev, inputs=eval_inputs(ecfg, layout.run_final(run_dir)))
+    # an eval.json of an older toremi (no marker): its model's age and its recorded settings
     if ev.stat().st_mtime < layout.run_final_marker(run_dir).stat().st_mtime:
         return "eval.json older than the model"
     # Where the run or the output sits is not a setting: a run linked into another experiment

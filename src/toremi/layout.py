@@ -211,7 +211,12 @@ def hf_config(model_dir: str | Path) -> Path:
 
 
 def run_final_weights(run: str | Path) -> Path:
-    return run_final(run) / "model.safetensors"
+    return hf_weights(run_final(run))
+
+
+def hf_weights(model_dir: str | Path) -> Path:
+    """The weights file of a model dir in HF format (``final/`` or a checkpoint's export)."""
+    return Path(model_dir) / "model.safetensors"
 
 
 def run_final_digest(run: str | Path) -> Path:

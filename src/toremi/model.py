@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from toremi import layout
 from toremi.model_sizes import SIZES
 
 
@@ -217,7 +218,7 @@ def save_hf(model: GPT, out_dir: str | Path, eot_id: int | None = None) -> Path:
             continue  # tied to transformer.wte.weight
         p = p.detach().cpu()
         tensors[name] = (p.t() if name.endswith(_TRANSPOSED) else p).contiguous()
-    with atomic_path(out / "model.safetensors") as tmp:
+    with atomic_path(layout.hf_weights(out)) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic_write_json(out / "config.json", hf_config(model.config, eot_id))
     return out
@@ -236,7 +237,7 @@ def load_hf(model_dir: str | Path, map_location: str = "cpu") -> GPT:
         c = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                       n_head=hf["n_head"], n_embd=hf["n_embd"], pad_vocab_to=1)
     model = GPT(c)
-    tensors = load_file(str(model_dir / "model.safetensors"), device=str(map_location))
+    tensors = load_file(str(layout.hf_weights(model_dir)), device=str(map_location))
     sd = {}
     for name, p in tensors.items():
         name = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name

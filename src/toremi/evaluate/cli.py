@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toremi import integrity, layout
+from toremi import done, integrity, layout
 from toremi.config import ConfigError, to_dict
 from toremi.evaluate.downstream import ClassifyTask
 from toremi.stage import Stage
@@ -213,8 +213,16 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
     result["seconds"] = round(time.time() - t0, 2)
     out = Path(cfg.out) if cfg.out else layout.run_eval(run_dir or model_dir)
     atomic_write_json(out, result)
+    done.mark(out, {"inputs": eval_inputs(cfg, model_dir)})
     log(f"eval: wrote {out}")
     return result
+
+
+def eval_inputs(cfg: EvalConfig, model_dir: Path) -> dict:
+    """What an eval.json depends on, for its done marker: the eval settings (not where the run or
+    the output sits: a run copied into another grid keeps its evaluation) and the model's bytes."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("run", "out")}
+    return {**settings, "model_sha256": done.file_sha256(layout.hf_weights(model_dir))}
 
 
 def unfinished(run_dir: Path) -> dict | None:
