@@ -106,7 +106,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("grid, exclude", [("quality_leakfree", []), ("noise_quality", []), ("cap_cpu", []),
                                            ("noise_quality", ["news"]), ("cap_quality", []), ("quality_more", []),
-                                           ("noise_tokens", ["news"]), ("noise_words", ["news"]), ("topics_k32", []), ("topics_k64", []),
+                                           ("noise_tokens", ["news"]), ("noise_words", ["news"]), ("topics_k32", []), ("topics_k64", []), ("quality_alpha", []),
                                            ("replay_2x", []), ("transfer_tiny", []), ("transfer_x10", [])])
 def test_committed_grids_recompute_from_their_per_run_files(grid, exclude, capsys):
     """The committed results are what the committed per-run files give (no stale table)."""
