@@ -302,9 +302,10 @@ def main(argv=None) -> int:
             timed(lambda: fn(i), device)
         print(f"  warm-up {name}: {time.perf_counter() - t0:.1f}s", flush=True)
     times = {name: [] for name in steps}
-    for i in range(a.steps):  # interleaved, so machine-load drift hits every variant alike
-        for name, fn in steps.items():
-            times[name].append(timed(lambda: fn(i), device))
+    order = list(steps)
+    for i in range(a.steps):  # interleaved, so machine-load drift hits every variant alike, and
+        for name in (order if i % 2 == 0 else order[::-1]):  # each order half the time
+            times[name].append(timed(lambda: steps[name](i), device))
     tokens = a.batch * a.seq
     real = {name: statistics.fmean(float((bt.labels != -100).sum()) for bt in batches["packed" if "packed" in name else "k"])
             for name in steps}
@@ -330,8 +331,10 @@ def main(argv=None) -> int:
         if num in v and den in v:
             ratios[f"{num}/{den}"] = v[num]["median_ms"] / v[den]["median_ms"]
             ratios[f"{num}/{den} (min)"] = v[num]["min_ms"] / v[den]["min_ms"]
+            # paired: the median over iterations of the two variants' times in the same iteration
+            ratios[f"{num}/{den} (paired)"] = statistics.median(x / y for x, y in zip(times[num], times[den]))
             print(f"  step-time ratio {num}/{den}: {ratios[f'{num}/{den}']:.3f} (median), "
-                  f"{ratios[f'{num}/{den} (min)']:.3f} (min)")
+                  f"{ratios[f'{num}/{den} (min)']:.3f} (min), {ratios[f'{num}/{den} (paired)']:.3f} (paired)")
     if "uniform_packed" in v and "uniform" in v:
         ratios["real tokens/s packed/unpacked"] = (v["uniform_packed"]["real_target_tokens_per_s"]
                                                    / v["uniform"]["real_target_tokens_per_s"])
