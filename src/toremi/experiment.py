@@ -266,9 +266,9 @@ def config_drift(run_dir: Path, tcfg) -> str:
 
 
 def stale_eval(run_dir: Path, ecfg) -> str | None:
-    """Why the run's eval.json must be (re)computed, or None when it is current: missing, older
-    than the model, or made with other eval settings (a changed `eval:` section must not leave
-    old numbers in the tables)."""
+    """Why the run's eval.json must be (re)computed, or None when it is current: missing, edited,
+    made from another model or with other eval settings (a changed `eval:` section must not leave
+    old numbers in the tables). Its done marker records all three."""
     from toremi.evaluate.cli import eval_inputs
 
     ev = layout.run_eval(run_dir)
