@@ -18,7 +18,6 @@ class OracleOptions:
     topic: int = 0        # topic index to up-weight
     factor: float = 3.0   # its loss weight
 
-
     def __post_init__(self):
         if self.factor <= 0:
             raise ValueError(f"method.oracle.factor must be > 0, got {self.factor}")
