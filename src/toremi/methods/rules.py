@@ -97,9 +97,10 @@ def sample_weights(topic_weights: Tensor, topic_ids: Tensor, unlabelled_weight: 
     return torch.where(n > 0, mean, torch.full_like(mean, unlabelled_weight))
 
 
-def accumulate_topic_stats(loss_sum: Tensor, count: Tensor, sample_loss: Tensor, topic_ids: Tensor,
+def accumulate_topic_stats(loss_sum: Tensor, count: Tensor | None, sample_loss: Tensor, topic_ids: Tensor,
                            valid_sample: Tensor | None = None) -> None:
-    """In place: loss_sum[k] += Σ loss of samples carrying k; count[k] += their number.
+    """In place: loss_sum[k] += Σ loss of samples carrying k; count[k] += their number (``count``
+    None: only the sums).
 
     ``loss_sum``/``count`` have K+1 slots; the last one collects padding (-1) and is ignored.
     ``valid_sample`` [B] (bool or 0/1) masks samples that must not count (no tokens, non-finite).
@@ -113,7 +114,8 @@ def accumulate_topic_stats(loss_sum: Tensor, count: Tensor, sample_loss: Tensor,
         ones = ones * v[:, None]
         l = torch.where(v > 0, l, torch.zeros_like(l))
     loss_sum.index_add_(0, idx, (l[:, None] * ones).reshape(-1))
-    count.index_add_(0, idx, ones.reshape(-1))
+    if count is not None:
+        count.index_add_(0, idx, ones.reshape(-1))
 
 
 def temperature_probs(counts: Tensor, tau: float) -> Tensor:

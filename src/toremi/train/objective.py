@@ -128,7 +128,8 @@ class TopicStats:
         return name in self.t
 
     def add(self, obs: Observation, loss: str = "loss", count: str | None = "count") -> None:
-        """The unit statistic to ``loss`` and the unit count (or tokens/bytes) to ``count``."""
+        """The unit statistic to ``loss`` and the unit count (or tokens/bytes) to ``count`` (None:
+        not counted; the packed path's ``segments.accumulate`` still needs a scratch count)."""
         cnt = self.t[count] if count else torch.zeros_like(self.t[loss])
         if obs.packed:
             segments.accumulate(self.t[loss], cnt, obs.loss, obs.tokens, obs.topics, obs.nbytes,
@@ -138,8 +139,7 @@ class TopicStats:
 
     def add_values(self, name: str, values: Tensor, topics: Tensor, valid: Tensor | None = None) -> None:
         """Per-unit ``values`` [U] summed into ``name`` for each unit's topics (valid units only)."""
-        dummy = torch.zeros_like(self.t[name])
-        rules.accumulate_topic_stats(self.t[name], dummy, values, topics, valid)
+        rules.accumulate_topic_stats(self.t[name], None, values, topics, valid)
 
     def credit(self, name: str, values: Tensor, topics: Tensor) -> None:
         """Per-unit ``values`` split evenly over each unit's topics (epoch accounting)."""
